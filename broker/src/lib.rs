@@ -1,0 +1,1 @@
+//! agentwire-broker (being written).

@@ -1,0 +1,2 @@
+//! The `agentwire` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! agentwire-client (being written).

@@ -1,0 +1,242 @@
+//! Errors of the protocol layer and the table of stable wire error codes.
+//!
+//! Wire codes (`ErrorCode`) are carried in ERR frames and never reused: a retired code stays
+//! reserved. The Rust error enums here (`DecodeError`, `EncodeError`, `SubjectError`) are the
+//! codec's own typed errors; each maps onto the wire code a broker would answer with.
+
+use std::fmt;
+
+/// Stable numeric error codes carried by ERR frames. The table in `PROTOCOL.md` is generated from
+/// the same list; a code is never reused for a different meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The client asked for a protocol version the server does not speak. Fatal.
+    UnsupportedVersion = 1,
+    /// A frame whose lengths do not add up, or a field out of range. Fatal: the stream can no
+    /// longer be trusted.
+    MalformedFrame = 2,
+    /// A frame longer than the server's frame limit (max payload + 4096). Fatal.
+    FrameTooLarge = 3,
+    /// A PUB whose headers + payload exceed the max payload. The frame is dropped.
+    PayloadTooLarge = 4,
+    /// An op code this server does not know. The frame is skipped; the connection stays open.
+    UnknownOp = 5,
+    /// A subject or subscription pattern that breaks the subject grammar. The frame is dropped.
+    InvalidSubject = 6,
+    /// A queue group name that breaks the queue grammar. The frame is dropped.
+    InvalidQueue = 7,
+    /// The connection already holds the maximum number of subscriptions. The SUB is dropped.
+    TooManySubscriptions = 8,
+    /// The connection did not read its messages fast enough and its outbound buffer passed the
+    /// limit. Fatal.
+    SlowConsumer = 9,
+    /// The server is at its connection limit. Fatal.
+    TooManyConnections = 10,
+    /// The first frame from a client was not HELLO. Fatal.
+    HandshakeRequired = 11,
+    /// A SUB reused a subscription id that is still active. The SUB is dropped.
+    DuplicateSid = 12,
+    /// An UNSUB named a subscription id that is not active. Informational.
+    UnknownSid = 13,
+    /// The server is shutting down. Fatal.
+    ServerShutdown = 14,
+    /// Authentication failed (reserved for the auth work). Fatal.
+    AuthFailed = 15,
+    /// Publish or subscribe not permitted (reserved for the auth work).
+    PermissionDenied = 16,
+    /// The client sent an op that only servers send (INFO, MSG, ERR) or a second HELLO.
+    UnexpectedOp = 17,
+    /// The server failed internally; the connection is closed. Fatal.
+    Internal = 18,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order (the table of record).
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::MalformedFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnknownOp,
+        ErrorCode::InvalidSubject,
+        ErrorCode::InvalidQueue,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::SlowConsumer,
+        ErrorCode::TooManyConnections,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::DuplicateSid,
+        ErrorCode::UnknownSid,
+        ErrorCode::ServerShutdown,
+        ErrorCode::AuthFailed,
+        ErrorCode::PermissionDenied,
+        ErrorCode::UnexpectedOp,
+        ErrorCode::Internal,
+    ];
+
+    /// The numeric value on the wire.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// The code for a wire value, if known. Unknown codes from a newer server are kept as raw
+    /// numbers by the caller.
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_u16() == v)
+    }
+
+    /// A short stable name, e.g. `slow_consumer` (used in logs and metric labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidSubject => "invalid_subject",
+            ErrorCode::InvalidQueue => "invalid_queue",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::DuplicateSid => "duplicate_sid",
+            ErrorCode::UnknownSid => "unknown_sid",
+            ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::UnexpectedOp => "unexpected_op",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Whether the server closes the connection after sending this code.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnsupportedVersion
+                | ErrorCode::MalformedFrame
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::SlowConsumer
+                | ErrorCode::TooManyConnections
+                | ErrorCode::HandshakeRequired
+                | ErrorCode::ServerShutdown
+                | ErrorCode::AuthFailed
+                | ErrorCode::Internal
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.as_u16())
+    }
+}
+
+/// Why a byte sequence is not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length field is smaller than the fixed header.
+    #[error("frame length {len} is shorter than the {min}-byte header")]
+    LengthTooSmall {
+        /// The length read from the wire.
+        len: u32,
+        /// The smallest legal frame.
+        min: usize,
+    },
+    /// The length field exceeds the receiver's frame limit; nothing was buffered for it.
+    #[error("frame length {len} exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// The length read from the wire.
+        len: u32,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// The frame's inner lengths do not add up to its length, or it is too short for its op.
+    #[error("malformed {op:#04x} frame: {reason}")]
+    Malformed {
+        /// The op of the frame.
+        op: u8,
+        /// What did not add up.
+        reason: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// The wire code a server answers this error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::LengthTooSmall { .. } | DecodeError::Malformed { .. } => {
+                ErrorCode::MalformedFrame
+            }
+        }
+    }
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A variable field is longer than its length field can carry.
+    #[error("{field} is {len} bytes, more than the {max} its length field can carry")]
+    FieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The largest encodable length.
+        max: usize,
+    },
+    /// The whole frame would exceed the 32-bit length field.
+    #[error("frame of {len} bytes exceeds the 4 GiB length field")]
+    FrameTooLong {
+        /// The computed frame length.
+        len: usize,
+    },
+}
+
+/// Why a subject, pattern or queue name is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// The subject has no bytes.
+    #[error("subject is empty")]
+    Empty,
+    /// The subject is longer than the limit.
+    #[error("subject is {len} bytes, longer than the limit of {max}")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The subject has more tokens than the limit.
+    #[error("subject has more than {max} tokens")]
+    TooManyTokens {
+        /// The limit.
+        max: usize,
+    },
+    /// Two dots in a row, or a leading or trailing dot.
+    #[error("empty token at byte {position}")]
+    EmptyToken {
+        /// Byte offset where the empty token starts.
+        position: usize,
+    },
+    /// A byte outside the allowed set (printable ASCII 0x21..=0x7E).
+    #[error("byte {byte:#04x} at {position} is not allowed (printable ASCII only, no spaces)")]
+    BadByte {
+        /// The byte.
+        byte: u8,
+        /// Its offset.
+        position: usize,
+    },
+    /// `*` or `>` inside a token (they must be whole tokens), or `>` not last.
+    #[error("bad wildcard at byte {position}: {reason}")]
+    BadWildcard {
+        /// Byte offset of the wildcard.
+        position: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A wildcard where a literal subject is required (publish subjects, reply subjects).
+    #[error("wildcards are not allowed here (publish and reply subjects must be literal)")]
+    WildcardNotAllowed,
+}
