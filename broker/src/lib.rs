@@ -1,1 +1,24 @@
-//! agentwire-broker (being written).
+//! agentwire-broker: the shard-per-core message broker behind the `agentwire` binary.
+//!
+//! - [`config`]: configuration, limits and their defaults (TOML file + flags).
+//! - [`server`]: start-up, the acceptor, shutdown.
+//! - `shard`: one thread and event loop per shard; connections, batching, cross-shard queues.
+//! - [`routing`]: the subject trie snapshots, the per-shard match cache, queue groups.
+//! - [`stats`]: counters.
+//!
+//! ```no_run
+//! let handle = agentwire_broker::server::start(agentwire_broker::config::Config::default())?;
+//! println!("listening on {}", handle.local_addr());
+//! handle.shutdown();
+//! handle.join();
+//! # Ok::<(), agentwire_broker::server::StartError>(())
+//! ```
+
+pub mod config;
+pub mod routing;
+pub mod server;
+pub mod shard;
+pub mod stats;
+
+pub use config::{Config, Limits};
+pub use server::{start, start_with_listener, ServerHandle, StartError};

@@ -131,7 +131,7 @@ pub fn encode_msg(
 
 /// Writes the MSG head for a delivery of an already decoded PUB frame: the caller then appends
 /// `pub_frame[PUB_TAIL_OFFSET - 8..]`, or uses [`encode_msg_from_pub`] which does both.
-/// Returns the MSG frame's total length.
+/// Returns the 10-byte head (`len`, `op`, `flags`, `sid`); its `len` is the PUB's length + 4.
 ///
 /// # Errors
 /// A MSG frame over 4 GiB (the PUB was within 4 bytes of the limit).
@@ -270,4 +270,91 @@ pub fn encode_info(dst: &mut BytesMut, info: &InfoFrame<'_>) -> Result<(), Encod
     dst.put_slice(info.server_id);
     dst.put_slice(info.nonce);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_checks() {
+        assert_eq!(check_u16("f", 65_535), Ok(u16::MAX));
+        assert_eq!(
+            check_u16("f", 65_536),
+            Err(EncodeError::FieldTooLong {
+                field: "f",
+                len: 65_536,
+                max: 65_535
+            })
+        );
+        assert_eq!(check_u32("f", u32::MAX as usize), Ok(u32::MAX));
+        assert!(check_u32("f", u32::MAX as usize + 1).is_err());
+        assert_eq!(total(&[6, 8, 0]), Ok(14));
+        assert_eq!(
+            total(&[u32::MAX as usize, 1]),
+            Err(EncodeError::FrameTooLong {
+                len: u32::MAX as usize + 1
+            })
+        );
+        assert_eq!(
+            total(&[usize::MAX, 1]),
+            Err(EncodeError::FrameTooLong { len: usize::MAX })
+        );
+    }
+
+    #[test]
+    fn msg_head_for_pub_layout_and_limit() {
+        let h = msg_head_for_pub(0x0403_0201, flags::MSG_NO_RESPONDERS, 20).expect("small");
+        assert_eq!(h, [24, 0, 0, 0, op::MSG, 0x01, 0x01, 0x02, 0x03, 0x04]);
+        // The largest PUB whose MSG still fits the 32-bit length field.
+        let max_pub = u32::MAX as usize - 4;
+        let h = msg_head_for_pub(1, 0, max_pub).expect("fits exactly");
+        assert_eq!(&h[0..4], &u32::MAX.to_le_bytes());
+        assert_eq!(
+            msg_head_for_pub(1, 0, max_pub + 1),
+            Err(EncodeError::FrameTooLong {
+                len: u32::MAX as usize + 1
+            })
+        );
+        assert!(msg_head_for_pub(1, 0, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn fixed_size_frames() {
+        let mut b = BytesMut::new();
+        encode_ping(&mut b);
+        encode_pong(&mut b);
+        encode_unsub(&mut b, 0x0102_0304, 0x0a0b_0c0d);
+        assert_eq!(
+            &b[..],
+            &[
+                6,
+                0,
+                0,
+                0,
+                op::PING,
+                0, //
+                6,
+                0,
+                0,
+                0,
+                op::PONG,
+                0, //
+                14,
+                0,
+                0,
+                0,
+                op::UNSUB,
+                0,
+                4,
+                3,
+                2,
+                1,
+                0x0d,
+                0x0c,
+                0x0b,
+                0x0a,
+            ]
+        );
+    }
 }

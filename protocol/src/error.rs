@@ -49,11 +49,13 @@ pub enum ErrorCode {
     UnexpectedOp = 17,
     /// The server failed internally; the connection is closed. Fatal.
     Internal = 18,
+    /// A PUB whose header block is not well formed. The message is dropped.
+    InvalidHeaders = 19,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (the table of record).
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::UnsupportedVersion,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
@@ -72,6 +74,7 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::UnexpectedOp,
         ErrorCode::Internal,
+        ErrorCode::InvalidHeaders,
     ];
 
     /// The numeric value on the wire.
@@ -106,6 +109,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::UnexpectedOp => "unexpected_op",
             ErrorCode::Internal => "internal",
+            ErrorCode::InvalidHeaders => "invalid_headers",
         }
     }
 
@@ -239,4 +243,69 @@ pub enum SubjectError {
     /// A wildcard where a literal subject is required (publish subjects, reply subjects).
     #[error("wildcards are not allowed here (publish and reply subjects must be literal)")]
     WildcardNotAllowed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_dense_ordered_and_round_trip() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(
+                usize::from(code.as_u16()),
+                i + 1,
+                "{code:?} is in numeric order"
+            );
+            assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(*code));
+        }
+        assert_eq!(ErrorCode::from_u16(0), None);
+        assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16 + 1), None);
+        assert_eq!(ErrorCode::from_u16(u16::MAX), None);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        for n in &names {
+            assert!(
+                n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{n}"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::SlowConsumer.to_string(), "slow_consumer (9)");
+    }
+
+    #[test]
+    fn fatal_codes_are_the_documented_ones() {
+        let fatal: Vec<u16> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.is_fatal())
+            .map(|c| c.as_u16())
+            .collect();
+        assert_eq!(fatal, [1, 2, 3, 9, 10, 11, 14, 15, 18]);
+    }
+
+    #[test]
+    fn decode_errors_map_to_wire_codes() {
+        assert_eq!(
+            DecodeError::LengthTooSmall { len: 0, min: 6 }.code(),
+            ErrorCode::MalformedFrame
+        );
+        assert_eq!(
+            DecodeError::Malformed {
+                op: 0x10,
+                reason: "x"
+            }
+            .code(),
+            ErrorCode::MalformedFrame
+        );
+        assert_eq!(
+            DecodeError::FrameTooLarge { len: 9, max: 8 }.code(),
+            ErrorCode::FrameTooLarge
+        );
+    }
 }

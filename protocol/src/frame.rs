@@ -458,14 +458,12 @@ pub fn parse_frame(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
     }
 }
 
+/// The parts of a PUB/MSG tail: subject, reply, headers, payload.
+type Tail<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8]);
+
 /// Splits a PUB/MSG tail into subject, reply, headers and payload (the rest).
 #[inline]
-fn split_tail(
-    tail: &[u8],
-    sl: usize,
-    rl: usize,
-    hl: usize,
-) -> Option<(&[u8], &[u8], &[u8], &[u8])> {
+fn split_tail(tail: &[u8], sl: usize, rl: usize, hl: usize) -> Option<Tail<'_>> {
     let fixed = sl.checked_add(rl)?.checked_add(hl)?;
     if fixed > tail.len() {
         return None;
@@ -480,3 +478,136 @@ fn split_tail(
 pub const PUB_TAIL_OFFSET: usize = PUB_FIXED;
 /// Offset of the MSG tail (subject onwards) in a MSG frame.
 pub const MSG_TAIL_OFFSET: usize = MSG_FIXED;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_tail_boundaries() {
+        let tail = b"subjreplyhdrpay";
+        assert_eq!(
+            split_tail(tail, 4, 5, 3),
+            Some((&b"subj"[..], &b"reply"[..], &b"hdr"[..], &b"pay"[..]))
+        );
+        // Lengths that use the whole tail leave an empty payload.
+        assert_eq!(
+            split_tail(tail, 4, 5, 6),
+            Some((&b"subj"[..], &b"reply"[..], &b"hdrpay"[..], &b""[..]))
+        );
+        assert_eq!(split_tail(tail, 4, 5, 7), None);
+        assert_eq!(
+            split_tail(b"", 0, 0, 0),
+            Some((&b""[..], &b""[..], &b""[..], &b""[..]))
+        );
+        // Sums that would overflow are rejected, not wrapped.
+        assert_eq!(split_tail(tail, usize::MAX, 1, 0), None);
+        assert_eq!(split_tail(tail, 1, 1, usize::MAX), None);
+    }
+
+    #[test]
+    fn little_endian_readers() {
+        let b = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09];
+        assert_eq!(u16_at(&b, 1), 0x0302);
+        assert_eq!(u32_at(&b, 0), 0x0403_0201);
+        assert_eq!(u64_at(&b, 1), 0x0908_0706_0504_0302);
+    }
+
+    #[test]
+    fn fixed_sizes_match_the_documented_layout() {
+        assert_eq!(HEADER_LEN, 6);
+        assert_eq!(HELLO_FIXED, 16);
+        assert_eq!(INFO_FIXED, 32);
+        assert_eq!(ERR_FIXED, 10);
+        assert_eq!(PUB_FIXED, 14);
+        assert_eq!(SUB_FIXED, 14);
+        assert_eq!(UNSUB_LEN, 14);
+        assert_eq!(MSG_FIXED, 18);
+        // A MSG head is a PUB head plus the 4-byte sid: the PUB → MSG rewrite depends on it.
+        assert_eq!(MSG_TAIL_OFFSET - PUB_TAIL_OFFSET, 4);
+    }
+
+    #[test]
+    fn frame_op_names_every_variant() {
+        let cases = [
+            (
+                Frame::Hello(HelloFrame {
+                    version: 1,
+                    features: 0,
+                    name: b"",
+                    token: b"",
+                }),
+                op::HELLO,
+            ),
+            (
+                Frame::Info(InfoFrame {
+                    version: 1,
+                    features: 0,
+                    max_payload: 0,
+                    shard_count: 1,
+                    shard_id: 0,
+                    client_id: 0,
+                    server_id: b"",
+                    nonce: b"",
+                }),
+                op::INFO,
+            ),
+            (Frame::Ping, op::PING),
+            (Frame::Pong, op::PONG),
+            (
+                Frame::Err(ErrFrame {
+                    code: 1,
+                    fatal: true,
+                    message: b"",
+                }),
+                op::ERR,
+            ),
+            (
+                Frame::Pub(PubFrame {
+                    subject: b"a",
+                    reply: b"",
+                    headers: b"",
+                    payload: b"",
+                }),
+                op::PUB,
+            ),
+            (
+                Frame::Sub(SubFrame {
+                    sid: 1,
+                    subject: b"a",
+                    queue: b"",
+                }),
+                op::SUB,
+            ),
+            (
+                Frame::Unsub(UnsubFrame {
+                    sid: 1,
+                    max_msgs: 0,
+                }),
+                op::UNSUB,
+            ),
+            (
+                Frame::Msg(MsgFrame {
+                    sid: 1,
+                    flags: 0,
+                    subject: b"a",
+                    reply: b"",
+                    headers: b"",
+                    payload: b"",
+                }),
+                op::MSG,
+            ),
+            (
+                Frame::Unknown {
+                    op: 0x41,
+                    flags: 0,
+                    body: b"",
+                },
+                0x41,
+            ),
+        ];
+        for (frame, want) in cases {
+            assert_eq!(frame.op(), want, "{frame:?}");
+        }
+    }
+}

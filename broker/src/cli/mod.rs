@@ -1,0 +1,88 @@
+//! Command-line interface of `agentwire`: flag parsing, logging set-up, and one module per
+//! family of commands (`serve`, and the client tools `pub`, `sub`, `req`, `reply`).
+//!
+//! Exit codes: 0 success, 1 runtime failure (cannot connect, server error, timeout), 2 usage
+//! error (bad flags, invalid subject, unreadable config).
+
+mod serve;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for bad usage.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code for failures at run time.
+pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// agentwire: a message broker for agent networks, and its command-line tools.
+#[derive(Debug, Parser)]
+#[command(name = "agentwire", version, about)]
+pub(crate) struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Publish a message (or N copies).
+    Pub(tools::PubArgs),
+    /// Subscribe and print messages.
+    Sub(tools::SubArgs),
+    /// Send a request and print the reply.
+    Req(tools::ReqArgs),
+    /// Answer every request on a subject with its own payload (an echo service).
+    Reply(tools::ReplyArgs),
+}
+
+/// Default server address for the client tools.
+pub(crate) const DEFAULT_SERVER: &str = "127.0.0.1:4800";
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Serve(a) => {
+            init_logging(cli.log_format, "info");
+            serve::run(a)
+        }
+        cmd => {
+            init_logging(cli.log_format, "warn");
+            tools::run(cmd)
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The client tools of `agentwire`: `pub`, `sub`, `req`, `reply`. Each connects with the
+//! client library, does its one job, and exits with a message a person can act on.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentwire_client::{Client, ConnectOptions, Error as ClientError};
+use bytes::Bytes;
+
+use super::{Command, DEFAULT_SERVER, EXIT_FAILURE, EXIT_USAGE};
+
+/// `agentwire pub SUBJECT DATA`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PubArgs {
+    /// Subject to publish on (literal: no wildcards).
+    subject: String,
+    /// Payload (UTF-8 text).
+    data: String,
+    /// Publish this many copies.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Broker address.
+    #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// `agentwire sub SUBJECT`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubArgs {
+    /// Subject pattern (`*` matches one token, `>` the rest).
+    subject: String,
+    /// Join this queue group (each message goes to one member).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print each message as a JSON object instead of `SUBJECT DATA`.
+    #[arg(long)]
+    json: bool,
+    /// Broker address.
+    #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// `agentwire req SUBJECT DATA`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReqArgs {
+    /// Subject of the service.
+    subject: String,
+    /// Request payload (UTF-8 text).
+    data: String,
+    /// How long to wait for the reply, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout: u64,
+    /// Broker address.
+    #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// `agentwire reply SUBJECT`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplyArgs {
+    /// Subject pattern to serve.
+    subject: String,
+    /// Join this queue group (load is spread over the members).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Exit after answering this many requests.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Broker address.
+    #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::InvalidSubject { .. } | ClientError::InvalidQueue { .. } => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub(crate) fn run(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentwire: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let (name, result) = match cmd {
+        Command::Pub(a) => ("pub", rt.block_on(publish(a))),
+        Command::Sub(a) => ("sub", rt.block_on(subscribe(a))),
+        Command::Req(a) => ("req", rt.block_on(request(a))),
+        Command::Reply(a) => ("reply", rt.block_on(reply(a))),
+        Command::Serve(_) => unreachable!("serve is dispatched before the client tools"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("agentwire {name}: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(server: &str, name: &str) -> Result<Client, Failure> {
+    Ok(ConnectOptions::new().name(name).connect(server).await?)
+}
+
+async fn publish(a: PubArgs) -> Result<(), Failure> {
+    let client = connect(&a.server, "agentwire-pub").await?;
+    let payload = Bytes::from(a.data.into_bytes());
+    for _ in 0..a.count {
+        client.publish(&a.subject, payload.clone()).await?;
+    }
+    client.flush().await?;
+    if let Some(e) = client.last_error() {
+        return Err(Failure {
+            code: EXIT_FAILURE,
+            message: format!("the broker reported: {e}"),
+        });
+    }
+    client.close().await?;
+    Ok(())
+}
+
+fn print_message(
+    out: &mut impl Write,
+    m: &agentwire_client::Message,
+    json: bool,
+) -> std::io::Result<()> {
+    let data = String::from_utf8_lossy(&m.payload);
+    if json {
+        let mut obj = serde_json::json!({
+            "subject": m.subject.as_str(),
+            "data": data,
+        });
+        if let Some(r) = &m.reply {
+            obj["reply"] = serde_json::Value::from(r.as_str());
+        }
+        if let Some(h) = &m.headers {
+            let map: serde_json::Map<String, serde_json::Value> = h
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::from(String::from_utf8_lossy(v).into_owned()),
+                    )
+                })
+                .collect();
+            obj["headers"] = serde_json::Value::Object(map);
+        }
+        writeln!(out, "{obj}")
+    } else {
+        writeln!(out, "{} {}", m.subject.as_str(), data)
+    }
+}
+
+async fn subscribe(a: SubArgs) -> Result<(), Failure> {
+    let client = connect(&a.server, "agentwire-sub").await?;
+    let mut sub = match &a.queue {
+        Some(q) => client.queue_subscribe(&a.subject, q).await?,
+        None => client.subscribe(&a.subject).await?,
+    };
+    client.flush().await?;
+    if let Some(e) = client.last_error() {
+        return Err(Failure {
+            code: EXIT_USAGE,
+            message: format!("the broker refused the subscription: {e}"),
+        });
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut n = 0u64;
+    while a.count.is_none_or(|c| n < c) {
+        let Some(m) = sub.next().await else {
+            let _ = out.flush();
+            return Err(Failure {
+                code: EXIT_FAILURE,
+                message: "connection to the broker closed".into(),
+            });
+        };
+        n += 1;
+        let _ = print_message(&mut out, &m, a.json);
+        // Flush per message when interactive-ish; batch when a count is given.
+        if a.count.is_none() {
+            let _ = out.flush();
+        }
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+async fn request(a: ReqArgs) -> Result<(), Failure> {
+    let client = connect(&a.server, "agentwire-req").await?;
+    let m = client
+        .request(
+            &a.subject,
+            Bytes::from(a.data.into_bytes()),
+            Duration::from_millis(a.timeout),
+        )
+        .await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = out.write_all(&m.payload);
+    let _ = out.write_all(b"\n");
+    Ok(())
+}
+
+async fn reply(a: ReplyArgs) -> Result<(), Failure> {
+    let client = connect(&a.server, "agentwire-reply").await?;
+    let mut sub = match &a.queue {
+        Some(q) => client.queue_subscribe(&a.subject, q).await?,
+        None => client.subscribe(&a.subject).await?,
+    };
+    client.flush().await?;
+    let mut n = 0u64;
+    while a.count.is_none_or(|c| n < c) {
+        let Some(m) = sub.next().await else {
+            return Err(Failure {
+                code: EXIT_FAILURE,
+                message: "connection to the broker closed".into(),
+            });
+        };
+        if let Some(r) = &m.reply {
+            client.publish(r.as_str(), m.payload.clone()).await?;
+            n += 1;
+        }
+    }
+    client.flush().await?;
+    Ok(())
+}

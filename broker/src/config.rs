@@ -1,0 +1,232 @@
+//! Broker configuration: listen address, shard count and the limits, with documented defaults.
+//!
+//! Values come from, in rising priority: the defaults below, a TOML config file
+//! (`--config FILE`), then command-line flags. Unknown keys in the file are an error, so a typo
+//! never silently falls back to a default.
+//!
+//! ```toml
+//! listen = "127.0.0.1:4800"
+//! shards = 2                      # 0 = one per core
+//! [limits]
+//! max_payload = 1048576           # bytes of headers + payload in one message
+//! max_connections = 65536
+//! max_subscriptions = 65536       # per connection
+//! max_pending = 67108864          # outbound bytes buffered per connection
+//! write_deadline_ms = 10000       # a write that makes no progress this long: slow consumer
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4800";
+
+/// Per-connection and server-wide limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest headers + payload of one message, in bytes (default 1 MiB). A larger PUB is
+    /// answered with `payload_too_large` and dropped; a frame longer than this + 4096 is fatal.
+    pub max_payload: u32,
+    /// Most client connections at once (default 65,536); past it a new connection gets
+    /// `too_many_connections` and is closed.
+    pub max_connections: usize,
+    /// Most subscriptions one connection may hold (default 65,536).
+    pub max_subscriptions: usize,
+    /// Most outbound bytes buffered for one connection (default 64 MiB); past it the connection
+    /// is a slow consumer and is closed with `slow_consumer`.
+    pub max_pending: usize,
+    /// A write to a client that makes no progress for this long marks it a slow consumer
+    /// (default 10 s).
+    pub write_deadline_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload: agentwire_protocol::DEFAULT_MAX_PAYLOAD,
+            max_connections: 65_536,
+            max_subscriptions: 65_536,
+            max_pending: 64 << 20,
+            write_deadline_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The largest frame accepted: max payload + room for fixed fields and subjects.
+    pub fn max_frame(&self) -> usize {
+        self.max_payload as usize + agentwire_protocol::FRAME_OVERHEAD_ALLOWANCE
+    }
+
+    /// Outbound bytes above which a publisher is paced (waits for a consumer that is still
+    /// reading): half of `max_pending`, at most 8 MiB.
+    pub fn soft_pending(&self) -> usize {
+        (self.max_pending / 2).min(8 << 20)
+    }
+
+    /// `write_deadline_ms` as a duration.
+    pub fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.write_deadline_ms)
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on for clients (default 127.0.0.1:4800).
+    pub listen: SocketAddr,
+    /// Shard threads; 0 means one per available core.
+    pub shards: usize,
+    /// The limits.
+    pub limits: Limits,
+    /// Bytes read from a socket per read call, at least (default 64 KiB).
+    pub read_buffer: usize,
+    /// Capacity, in messages, of each shard-to-shard queue (default 65,536).
+    pub cross_shard_queue: usize,
+    /// Entries in each shard's subject match cache (default 16,384).
+    pub match_cache: usize,
+    /// How long shutdown waits for buffered data to reach clients (default 5 s).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid socket address"),
+            shards: 0,
+            limits: Limits::default(),
+            read_buffer: 64 << 10,
+            cross_shard_queue: 65_536,
+            match_cache: 16_384,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// The cause (names the key and line).
+        source: toml::de::Error,
+    },
+    /// A value out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads a TOML file over the defaults.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML, holds an unknown key, or a value out of range.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The number of shard threads to start.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        }
+    }
+
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// The first value out of range, named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.shards > 1024 {
+            return bad("shards must be at most 1024");
+        }
+        if self.limits.max_payload == 0 || self.limits.max_payload > 64 << 20 {
+            return bad("limits.max_payload must be between 1 and 67108864 bytes");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1");
+        }
+        if self.limits.max_pending < 1024 {
+            return bad("limits.max_pending must be at least 1024 bytes");
+        }
+        if self.limits.write_deadline_ms == 0 {
+            return bad("limits.write_deadline_ms must be at least 1");
+        }
+        if self.read_buffer < 4096 {
+            return bad("read_buffer must be at least 4096 bytes");
+        }
+        if self.cross_shard_queue < 16 {
+            return bad("cross_shard_queue must be at least 16");
+        }
+        if self.match_cache == 0 {
+            return bad("match_cache must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::default();
+        c.validate().expect("defaults validate");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4800");
+        assert_eq!(c.limits.max_payload, 1 << 20);
+        assert_eq!(c.limits.max_frame(), (1 << 20) + 4096);
+    }
+
+    #[test]
+    fn parses_file_and_rejects_unknown_keys() {
+        let c: Config =
+            toml::from_str("listen = \"127.0.0.1:0\"\nshards = 3\n[limits]\nmax_payload = 2048\n")
+                .expect("valid config");
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.limits.max_payload, 2048);
+        assert_eq!(c.limits.max_pending, Limits::default().max_pending);
+        let e = toml::from_str::<Config>("shardz = 3\n").expect_err("unknown key");
+        assert!(e.to_string().contains("shardz"), "{e}");
+        let e = toml::from_str::<Config>("[limits]\nmax_pendng = 3\n").expect_err("unknown key");
+        assert!(e.to_string().contains("max_pendng"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_value() {
+        let mut c = Config::default();
+        c.limits.max_payload = 0;
+        let e = c.validate().expect_err("zero payload");
+        assert!(e.to_string().contains("max_payload"));
+    }
+}

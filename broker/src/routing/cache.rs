@@ -1,0 +1,241 @@
+//! [`MatchCache`]: a shard's cache of literal subject → match result.
+//!
+//! Each shard owns one (it is neither `Send` nor `Sync`: results are `Rc`s handed to that
+//! shard's own delivery code). Entries are valid for one table generation only:
+//!
+//! 1. `lookup` loads the table's generation (`Acquire`). If it differs from the one the cache was
+//!    filled at, the cache is cleared and re-tagged.
+//! 2. On a hit it returns the cached `Rc` (one atomic load, one hash lookup, one `Rc` clone).
+//! 3. On a miss it matches against the table's snapshot, which it loads *after* reading the
+//!    generation; since writers publish the snapshot before bumping the generation, that
+//!    snapshot is at least as new as the tag. A writer racing in between only causes an extra
+//!    clear on the next lookup, never a stale answer.
+//!
+//! The cache is bounded by `capacity` entries, split into two segments of `capacity / 2`: new
+//! entries go into the *hot* segment; when it is full, the *cold* segment is dropped and the hot
+//! one becomes cold. A hit in the cold segment moves the entry back to hot. This keeps recently
+//! used subjects (an approximate LRU) at O(1) amortized cost, without the cliff of clearing the
+//! whole cache when a working set is slightly over capacity. Keys are hashed with FxHash.
+
+use std::fmt;
+use std::mem;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use super::{MatchSet, RoutingTable};
+
+/// Hit and miss counters of one [`MatchCache`], since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to match against the table.
+    pub misses: u64,
+}
+
+/// A shard's bounded cache of literal subject → `Rc<MatchSet>`, invalidated by the table's
+/// generation. Use one cache with one table only.
+pub struct MatchCache {
+    /// Recently inserted or used entries; at most `hot_limit`.
+    hot: FxHashMap<Box<[u8]>, Rc<MatchSet>>,
+    /// The previous hot segment, kept until the hot one fills again.
+    cold: FxHashMap<Box<[u8]>, Rc<MatchSet>>,
+    /// Table generation every entry was computed at (or after).
+    generation: u64,
+    /// Most entries the cache holds.
+    capacity: usize,
+    /// Counters for metrics.
+    stats: CacheStats,
+}
+
+impl fmt::Debug for MatchCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MatchCache")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("generation", &self.generation)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MatchCache {
+    /// An empty cache holding at most `capacity` subjects (0 disables caching).
+    pub fn new(capacity: usize) -> Self {
+        MatchCache {
+            hot: FxHashMap::default(),
+            cold: FxHashMap::default(),
+            generation: 0,
+            capacity,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The match result for a literal subject, from the cache if it is current, else from
+    /// `table` (and then cached).
+    pub fn lookup(&mut self, table: &RoutingTable, subject: &[u8]) -> Rc<MatchSet> {
+        let generation = table.generation();
+        if generation != self.generation {
+            self.hot.clear();
+            self.cold.clear();
+            self.generation = generation;
+        }
+        if let Some(found) = self.hot.get(subject) {
+            self.stats.hits += 1;
+            return Rc::clone(found);
+        }
+        if let Some((key, found)) = self.cold.remove_entry(subject) {
+            self.stats.hits += 1;
+            self.insert_hot(key, Rc::clone(&found));
+            return found;
+        }
+        self.stats.misses += 1;
+        let found = Rc::new(table.match_subject(subject));
+        if self.capacity > 0 {
+            self.insert_hot(Box::from(subject), Rc::clone(&found));
+        }
+        found
+    }
+
+    /// Number of cached subjects.
+    pub fn len(&self) -> usize {
+        self.hot.len() + self.cold.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.hot.is_empty() && self.cold.is_empty()
+    }
+
+    /// Most subjects the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Hit and miss counts so far.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Drops every entry (the generation tag and counters stay).
+    pub fn clear(&mut self) {
+        self.hot.clear();
+        self.cold.clear();
+    }
+
+    /// Inserts into the hot segment, rotating segments first if it is full. With a capacity
+    /// below 2 there is no cold segment: a full hot segment is simply cleared.
+    fn insert_hot(&mut self, key: Box<[u8]>, value: Rc<MatchSet>) {
+        let hot_limit = (self.capacity / 2).max(1);
+        if self.hot.len() >= hot_limit {
+            if self.capacity >= 2 {
+                mem::swap(&mut self.hot, &mut self.cold);
+            }
+            // Reuses the old cold segment's allocation for the new hot one.
+            self.hot.clear();
+        }
+        self.hot.insert(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::SubTarget;
+
+    fn t(conn: u64, sid: u32) -> SubTarget {
+        SubTarget {
+            shard: 0,
+            conn,
+            sid,
+        }
+    }
+
+    #[test]
+    fn hit_returns_the_same_result() {
+        let table = RoutingTable::new();
+        table.insert(b"a.*", None, t(1, 1));
+        let mut cache = MatchCache::new(16);
+        let first = cache.lookup(&table, b"a.b");
+        let second = cache.lookup(&table, b"a.b");
+        assert!(Rc::ptr_eq(&first, &second));
+        assert_eq!(first.plain, vec![t(1, 1)]);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1 });
+    }
+
+    #[test]
+    fn empty_results_are_cached_too() {
+        let table = RoutingTable::new();
+        let mut cache = MatchCache::new(4);
+        assert!(cache.lookup(&table, b"nobody.listens").is_empty());
+        assert!(cache.lookup(&table, b"nobody.listens").is_empty());
+        assert_eq!(cache.stats().hits, 1);
+    }
+
+    #[test]
+    fn insert_invalidates() {
+        let table = RoutingTable::new();
+        let mut cache = MatchCache::new(16);
+        assert!(cache.lookup(&table, b"a.b").is_empty());
+        table.insert(b"a.>", Some(b"q"), t(1, 1));
+        let after = cache.lookup(&table, b"a.b");
+        assert_eq!(after.groups.len(), 1);
+        assert_eq!(
+            cache.len(),
+            1,
+            "the stale entry was cleared, the new one cached"
+        );
+    }
+
+    #[test]
+    fn remove_invalidates() {
+        let table = RoutingTable::new();
+        table.insert(b"a.b", None, t(1, 1));
+        let mut cache = MatchCache::new(16);
+        assert_eq!(cache.lookup(&table, b"a.b").plain.len(), 1);
+        cache.lookup(&table, b"other");
+        assert!(table.remove(b"a.b", None, t(1, 1)));
+        assert!(cache.lookup(&table, b"a.b").is_empty());
+        assert_eq!(cache.len(), 1);
+        assert!(table.remove_many([(&b"x"[..], None, t(1, 1))]) == 0);
+        assert_eq!(cache.len(), 1, "a no-op removal keeps the cache");
+    }
+
+    #[test]
+    fn bounded_and_keeps_recent_entries() {
+        let table = RoutingTable::new();
+        table.insert(b">", None, t(1, 1));
+        let mut cache = MatchCache::new(8);
+        let hot_subject = b"hot.subject";
+        let hot = cache.lookup(&table, hot_subject);
+        for i in 0..1000 {
+            let subject = format!("s.{i}");
+            cache.lookup(&table, subject.as_bytes());
+            assert!(cache.len() <= 8, "len {} over capacity", cache.len());
+            // Using the hot subject keeps it cached.
+            assert!(Rc::ptr_eq(&hot, &cache.lookup(&table, hot_subject)));
+        }
+        assert_eq!(cache.stats().misses, 1001);
+    }
+
+    #[test]
+    fn tiny_capacities() {
+        let table = RoutingTable::new();
+        table.insert(b"a", None, t(1, 1));
+        let mut off = MatchCache::new(0);
+        assert_eq!(off.lookup(&table, b"a").plain, vec![t(1, 1)]);
+        assert!(off.is_empty());
+        let mut one = MatchCache::new(1);
+        for subject in [&b"a"[..], b"b", b"c", b"a"] {
+            one.lookup(&table, subject);
+            assert_eq!(one.len(), 1);
+        }
+        let mut three = MatchCache::new(3);
+        for i in 0..10 {
+            three.lookup(&table, format!("{i}").as_bytes());
+            assert!(three.len() <= 3);
+        }
+    }
+}

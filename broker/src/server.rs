@@ -1,0 +1,247 @@
+//! Server start-up and shutdown: binds (or takes) the listener, starts one thread per shard and
+//! an acceptor thread that spreads connections over the shards round robin, and stops them all
+//! on request.
+//!
+//! Tests start a server on `127.0.0.1:0` with [`start`] and read the bound address from the
+//! returned [`ServerHandle`].
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use agentwire_protocol::{self as proto, ErrorCode};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::shard::{self, Global};
+use crate::stats::StatsSnapshot;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A thread or runtime could not be started.
+    #[error("cannot start the server: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    global: Arc<Global>,
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state shared by the shards (routing table, counters, configuration).
+    pub fn global(&self) -> &Arc<Global> {
+        &self.global
+    }
+
+    /// Counters summed over every shard.
+    pub fn stats(&self) -> StatsSnapshot {
+        shard::snapshot(&self.global)
+    }
+
+    /// Asks the server to stop: no new connections; each connection gets its buffered data and
+    /// an ERR server_shutdown, then is closed. Returns at once; [`ServerHandle::join`] waits.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for every thread to finish (after [`ServerHandle::shutdown`]).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn new_server_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("AW{:016X}", h.finish())
+}
+
+/// Binds `config.listen` and starts the server.
+///
+/// # Errors
+/// An invalid configuration, an address that cannot be bound, or threads that cannot start.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    start_with_listener(config, listener)
+}
+
+/// Starts the server on an already bound listener.
+///
+/// # Errors
+/// An invalid configuration, or threads that cannot start.
+pub fn start_with_listener(
+    config: Config,
+    listener: std::net::TcpListener,
+) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let global = Arc::new(Global::new(config, new_server_id()));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    let mut senders = Vec::new();
+    for id in 0..global.shards.len() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let g = global.clone();
+        let s = stop_rx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || {
+                    if let Err(e) = shard::run(g, id as u16, rx, s) {
+                        tracing::error!(shard = id, "shard failed: {e}");
+                    }
+                })?,
+        );
+    }
+    let g = global.clone();
+    let s = stop_rx.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || {
+                if let Err(e) = accept_loop(g, listener, senders, s) {
+                    tracing::error!("acceptor failed: {e}");
+                }
+            })?,
+    );
+    tracing::info!(
+        %addr,
+        shards = global.shards.len(),
+        server_id = %global.server_id,
+        max_payload = global.config.limits.max_payload,
+        max_connections = global.config.limits.max_connections,
+        "agentwire listening"
+    );
+    Ok(ServerHandle {
+        addr,
+        global,
+        stop,
+        threads,
+    })
+}
+
+fn accept_loop(
+    global: Arc<Global>,
+    listener: std::net::TcpListener,
+    shards: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut next = 0usize;
+        loop {
+            let accepted = tokio::select! {
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let max = global.config.limits.max_connections;
+            if global.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+                global.conn_count.fetch_sub(1, Ordering::Relaxed);
+                global.shards[0]
+                    .stats
+                    .count_error(ErrorCode::TooManyConnections);
+                tracing::warn!(%peer, max, "connection refused: max_connections reached");
+                tokio::spawn(refuse(stream, max));
+                continue;
+            }
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    global.conn_count.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!("cannot hand over connection: {e}");
+                    continue;
+                }
+            };
+            let i = next % shards.len();
+            next = next.wrapping_add(1);
+            if shards[i].send(std_stream).is_err() {
+                global.conn_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    let mut b = BytesMut::new();
+    proto::encode_err(
+        &mut b,
+        ErrorCode::TooManyConnections.as_u16(),
+        true,
+        &format!("server is at max_connections ({max}); try again later"),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&b).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

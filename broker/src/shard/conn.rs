@@ -1,0 +1,728 @@
+//! One client connection on its shard: the reader (read big, parse every complete frame, route,
+//! flush once per batch) and the writer (double-buffered outbound bytes, written as they come).
+//!
+//! Bad input is answered with an ERR frame carrying a stable code (see `protocol/PROTOCOL.md`):
+//! frames that leave the stream in sync (unknown op, invalid subject, oversized payload inside
+//! the frame limit, ...) are dropped and the connection stays open; frames that break the
+//! stream (bad length, malformed fields, over the frame limit) are fatal: ERR, then close.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use agentwire_protocol::{
+    self as proto, features, flags, Frame, HelloFrame, PubFrame, SubFrame, UnsubFrame,
+};
+use agentwire_protocol::{ErrorCode, InfoFrame};
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::{bump, Remote, Shard, Stash};
+use crate::routing::SubTarget;
+use crate::stats::ShardStats;
+
+/// A consumer that wrote nothing to its socket for this long is "not reading": publishers are
+/// not paced to it, and it runs into `max_pending`.
+pub(crate) const PROGRESS_WINDOW: Duration = Duration::from_millis(100);
+
+/// Largest spare outbound buffer kept between writes.
+const MAX_SPARE: usize = 4 << 20;
+
+/// One subscription of a connection.
+#[derive(Debug)]
+pub(crate) struct Sub {
+    pub pattern: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    /// 0: no limit; N: unsubscribe after N deliveries in total.
+    pub max: u32,
+    pub delivered: u64,
+}
+
+/// Mutable state of a connection, owned by its shard.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// Bytes queued for writing (the writer swaps this out).
+    pub out: BytesMut,
+    /// Bytes the writer has taken and not yet written.
+    pub inflight: usize,
+    /// Active subscriptions by sid.
+    pub subs: FxHashMap<u32, Sub>,
+    /// No more deliveries: the writer writes what is left and closes.
+    pub closing: bool,
+    /// In the shard's touched list.
+    pub touched: bool,
+    /// Last time the writer made progress (or started writing after being idle).
+    pub last_progress: Instant,
+}
+
+impl ConnState {
+    /// Outbound bytes not yet written to the socket.
+    pub fn pending(&self) -> usize {
+        self.out.len() + self.inflight
+    }
+}
+
+/// A connection as its shard sees it.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub id: u64,
+    pub st: RefCell<ConnState>,
+    /// Wakes the writer (new output, or closing).
+    pub wake_writer: Notify,
+    /// Fires when the outbound bytes fall to the soft limit.
+    pub drained: Notify,
+    /// Tells the reader to stop (slow consumer, write failure).
+    pub stop: Notify,
+}
+
+impl Conn {
+    fn new(id: u64) -> Conn {
+        Conn {
+            id,
+            st: RefCell::new(ConnState {
+                out: BytesMut::with_capacity(16 << 10),
+                inflight: 0,
+                subs: FxHashMap::default(),
+                closing: false,
+                touched: false,
+                last_progress: Instant::now(),
+            }),
+            wake_writer: Notify::new(),
+            drained: Notify::new(),
+            stop: Notify::new(),
+        }
+    }
+
+    /// Above `soft` pending bytes while still reading.
+    pub fn is_congested(&self, soft: usize) -> bool {
+        let st = self.st.borrow();
+        !st.closing && st.pending() > soft && st.last_progress.elapsed() < PROGRESS_WINDOW
+    }
+
+    /// Queues an ERR frame for this connection (and closes it after, when the code is fatal).
+    pub fn send_err(self: &Rc<Self>, shard: &Shard, code: ErrorCode, message: &str) {
+        shard.handle.stats.count_error(code);
+        let mut st = self.st.borrow_mut();
+        if st.closing {
+            return;
+        }
+        proto::encode_err(&mut st.out, code.as_u16(), code.is_fatal(), message);
+        if code.is_fatal() {
+            st.closing = true;
+            drop(st);
+            self.stop.notify_one();
+        } else {
+            drop(st);
+        }
+        shard.touch(self);
+    }
+
+    /// Closes this connection as a slow consumer: what is buffered for it is dropped (counted),
+    /// it gets ERR slow_consumer, and no more messages.
+    pub fn slow_consumer(self: &Rc<Self>, shard: &Shard, why: &str) {
+        let mut st = self.st.borrow_mut();
+        if st.closing {
+            return;
+        }
+        let buffered = st.out.len();
+        st.out.clear();
+        drop(st);
+        tracing::warn!(
+            conn = self.id,
+            shard = shard.id,
+            dropped_bytes = buffered,
+            "slow consumer: {why}"
+        );
+        ShardStats::add(&shard.handle.stats.slow_consumers, 1);
+        self.send_err(
+            shard,
+            ErrorCode::SlowConsumer,
+            &format!("slow consumer: {why}; connection closed"),
+        );
+    }
+}
+
+/// Per-connection reader state.
+struct ReaderState {
+    handshaken: bool,
+    no_responders: bool,
+    name: String,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
+    let global = shard.global.clone();
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot register connection: {e}");
+            global
+                .conn_count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let id = global
+        .next_conn_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conn = Rc::new(Conn::new(id));
+    shard.conns.borrow_mut().insert(id, conn.clone());
+    ShardStats::add(&shard.handle.stats.conns_total, 1);
+    ShardStats::add(&shard.handle.stats.conns_open, 1);
+    tracing::debug!(conn = id, shard = shard.id, ?peer, "connection open");
+
+    {
+        let limits = &global.config.limits;
+        let info = InfoFrame {
+            version: proto::PROTOCOL_VERSION,
+            features: features::HEADERS | features::NO_RESPONDERS,
+            max_payload: limits.max_payload,
+            shard_count: global.shards.len() as u16,
+            shard_id: shard.id,
+            client_id: id,
+            server_id: global.server_id.as_bytes(),
+            nonce: b"",
+        };
+        let mut st = conn.st.borrow_mut();
+        if proto::encode_info(&mut st.out, &info).is_err() {
+            tracing::error!("server id too long for INFO");
+        }
+    }
+    let (rd, wr) = stream.into_split();
+    let writer = tokio::task::spawn_local(write_loop(shard.clone(), conn.clone(), wr));
+    conn.wake_writer.notify_one();
+
+    let why = read_loop(&shard, &conn, rd).await;
+    tracing::debug!(conn = id, shard = shard.id, "connection closing: {why}");
+
+    // Stop deliveries and drop the subscriptions at once; then let the writer finish.
+    let subs = {
+        let mut st = conn.st.borrow_mut();
+        st.closing = true;
+        std::mem::take(&mut st.subs)
+    };
+    if !subs.is_empty() {
+        let target = |sid| SubTarget {
+            shard: shard.id,
+            conn: id,
+            sid,
+        };
+        global.routing.remove_many(
+            subs.iter()
+                .map(|(sid, s)| (&*s.pattern, s.queue.as_deref(), target(*sid))),
+        );
+    }
+    conn.wake_writer.notify_one();
+    let grace = Duration::from_millis(global.config.shutdown_grace_ms);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(grace, writer).await.is_err() {
+        abort.abort();
+    }
+    shard.conns.borrow_mut().remove(&id);
+    ShardStats::add_neg(&shard.handle.stats.conns_open);
+    global
+        .conn_count
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    if shard.conns.borrow().is_empty() {
+        shard.conns_gone.notify_waiters();
+    }
+}
+
+/// Reads and handles frames until the connection ends; returns why it ended.
+async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf) -> String {
+    let cfg = &shard.global.config;
+    let max_frame = cfg.limits.max_frame();
+    let mut buf = BytesMut::with_capacity(cfg.read_buffer);
+    let mut stash = Stash::default();
+    let mut rs = ReaderState {
+        handshaken: false,
+        no_responders: false,
+        name: String::new(),
+    };
+    let mut stop_sig = shard.shutdown.clone();
+    let mut need = 0usize;
+    loop {
+        if *stop_sig.borrow() {
+            conn.send_err(shard, ErrorCode::ServerShutdown, "server shutting down");
+            shard.flush();
+            return "server shutdown".into();
+        }
+        let want = cfg.read_buffer.max(need.saturating_sub(buf.len()));
+        if buf.capacity() - buf.len() < want / 2 {
+            buf.reserve(want);
+        }
+        let r = tokio::select! {
+            biased;
+            _ = conn.stop.notified() => return "closed by server".into(),
+            r = stop_sig.changed() => {
+                if r.is_err() {
+                    return "server gone".into();
+                }
+                continue;
+            }
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match r {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    ShardStats::add(&shard.handle.stats.truncated_frames, 1);
+                    return format!("peer closed mid-frame ({} bytes buffered)", buf.len());
+                }
+                return "peer closed".into();
+            }
+            Err(e) => return format!("read error: {e}"),
+            Ok(_) => {}
+        }
+        // Find the complete frames at the front of the buffer.
+        let mut complete = 0usize;
+        let mut fatal = None;
+        need = 0;
+        loop {
+            match proto::frame_len(&buf[complete..], max_frame) {
+                Ok(Some(len)) if buf.len() - complete >= len => complete += len,
+                Ok(Some(len)) => {
+                    need = len;
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        }
+        if complete > 0 {
+            let batch = buf.split_to(complete).freeze();
+            if let Err(e) = handle_batch(shard, conn, &batch, &mut rs, &mut stash) {
+                fatal = Some(e);
+            }
+        }
+        if let Some(e) = fatal {
+            conn.send_err(shard, e.code(), &e.to_string());
+            shard.flush();
+            shard.push_stash(&mut stash).await;
+            return format!("protocol error: {e}");
+        }
+        if conn.st.borrow().closing {
+            shard.flush();
+            return "closed by server".into();
+        }
+        let congested = shard.flush();
+        shard.push_stash(&mut stash).await;
+        shard.pace(congested).await;
+    }
+}
+
+/// Handles every frame of a batch of complete frames.
+fn handle_batch(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    batch: &Bytes,
+    rs: &mut ReaderState,
+    stash: &mut Stash,
+) -> Result<(), proto::DecodeError> {
+    let mut off = 0usize;
+    while off < batch.len() {
+        let len = proto::frame_len(&batch[off..], usize::MAX)?.unwrap_or(batch.len() - off);
+        let frame_bytes = &batch[off..off + len];
+        let frame = proto::parse_frame(frame_bytes)?;
+        let at = off;
+        off += len;
+        if !rs.handshaken {
+            match frame {
+                Frame::Hello(h) => {
+                    hello(shard, conn, rs, &h);
+                    if conn.st.borrow().closing {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ => {
+                    conn.send_err(
+                        shard,
+                        ErrorCode::HandshakeRequired,
+                        "the first frame must be HELLO",
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        match frame {
+            Frame::Pub(p) => publish(shard, conn, rs, &p, batch, at, len, stash),
+            Frame::Sub(s) => subscribe(shard, conn, &s),
+            Frame::Unsub(u) => unsubscribe(shard, conn, u),
+            Frame::Ping => {
+                proto::encode_pong(&mut conn.st.borrow_mut().out);
+                shard.touch(conn);
+            }
+            Frame::Pong => {}
+            Frame::Hello(_) | Frame::Info(_) | Frame::Msg(_) | Frame::Err(_) => {
+                conn.send_err(
+                    shard,
+                    ErrorCode::UnexpectedOp,
+                    &format!(
+                        "op {:#04x} is not sent by clients (or HELLO twice); frame ignored",
+                        frame.op()
+                    ),
+                );
+            }
+            Frame::Unknown { op, .. } => {
+                let what = if (proto::op::CONTROL_FIRST..=proto::op::CONTROL_LAST).contains(&op) {
+                    "a control-plane op this server version does not support"
+                } else {
+                    "an unknown op"
+                };
+                conn.send_err(
+                    shard,
+                    ErrorCode::UnknownOp,
+                    &format!("op {op:#04x} is {what}; frame skipped"),
+                );
+            }
+        }
+        if conn.st.borrow().closing {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn hello(shard: &Shard, conn: &Rc<Conn>, rs: &mut ReaderState, h: &HelloFrame<'_>) {
+    if h.version != proto::PROTOCOL_VERSION {
+        conn.send_err(
+            shard,
+            ErrorCode::UnsupportedVersion,
+            &format!(
+                "protocol version {} is not supported; this server speaks {}",
+                h.version,
+                proto::PROTOCOL_VERSION
+            ),
+        );
+        return;
+    }
+    rs.handshaken = true;
+    rs.no_responders = h.features & features::NO_RESPONDERS != 0;
+    rs.name = String::from_utf8_lossy(h.name).into_owned();
+    tracing::debug!(conn = conn.id, name = %rs.name, "handshake done");
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(128)]);
+    format!("{s:?}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    rs: &ReaderState,
+    p: &PubFrame<'_>,
+    batch: &Bytes,
+    at: usize,
+    len: usize,
+    stash: &mut Stash,
+) {
+    let limits = &shard.global.config.limits;
+    let body = p.headers.len() + p.payload.len();
+    if body > limits.max_payload as usize {
+        conn.send_err(
+            shard,
+            ErrorCode::PayloadTooLarge,
+            &format!(
+                "message of {body} bytes (headers + payload) exceeds max_payload {}; dropped",
+                limits.max_payload
+            ),
+        );
+        return;
+    }
+    if let Err(e) = proto::validate_literal(p.subject) {
+        conn.send_err(
+            shard,
+            ErrorCode::InvalidSubject,
+            &format!("invalid publish subject {}: {e}; dropped", show(p.subject)),
+        );
+        return;
+    }
+    if !p.reply.is_empty() {
+        if let Err(e) = proto::validate_literal(p.reply) {
+            conn.send_err(
+                shard,
+                ErrorCode::InvalidSubject,
+                &format!("invalid reply subject {}: {e}; dropped", show(p.reply)),
+            );
+            return;
+        }
+    }
+    if !p.headers.is_empty() {
+        if let Err(e) = proto::headers::validate(p.headers) {
+            conn.send_err(
+                shard,
+                ErrorCode::InvalidHeaders,
+                &format!("invalid header block: {e}; dropped"),
+            );
+            return;
+        }
+    }
+    bump(&shard.counters.msgs_in, 1);
+    bump(&shard.counters.bytes_in, body as u64);
+    let frame = &batch[at..at + len];
+    let matches = shard
+        .cache
+        .borrow_mut()
+        .lookup(&shard.global.routing, p.subject);
+    if matches.is_empty() {
+        if !p.reply.is_empty() && rs.no_responders {
+            no_responders(shard, p.reply, stash);
+        }
+        return;
+    }
+    let view = || batch.slice(at..at + len);
+    route(shard, &matches, 0, frame, &view, stash);
+}
+
+/// Delivers one message to every plain match and one member of each queue group.
+fn route(
+    shard: &Shard,
+    matches: &crate::routing::MatchSet,
+    msg_flags: u8,
+    frame: &[u8],
+    view: &dyn Fn() -> Bytes,
+    stash: &mut Stash,
+) {
+    for t in &matches.plain {
+        deliver(shard, *t, msg_flags, frame, view, stash);
+    }
+    for g in &matches.groups {
+        let n = g.members.len();
+        if n == 0 {
+            continue;
+        }
+        let start = shard.rr.get();
+        shard.rr.set(start.wrapping_add(1));
+        // Try members in turn from the cursor until one takes it (a local member that is
+        // closing refuses; a remote one is assumed to take it).
+        for k in 0..n {
+            let t = g.members[(start as usize + k) % n];
+            if deliver(shard, t, msg_flags, frame, view, stash) {
+                break;
+            }
+        }
+    }
+}
+
+fn deliver(
+    shard: &Shard,
+    t: SubTarget,
+    msg_flags: u8,
+    frame: &[u8],
+    view: &dyn Fn() -> Bytes,
+    stash: &mut Stash,
+) -> bool {
+    if t.shard == shard.id {
+        shard.deliver_local(t.conn, t.sid, msg_flags, frame)
+    } else {
+        shard.push_remote(
+            t.shard,
+            Remote {
+                conn: t.conn,
+                sid: t.sid,
+                flags: msg_flags,
+                frame: view(),
+            },
+            stash,
+        );
+        true
+    }
+}
+
+/// A request matched no subscriber: tell the requester with an empty MSG flagged
+/// NO_RESPONDERS on its reply subject.
+fn no_responders(shard: &Shard, reply: &[u8], stash: &mut Stash) {
+    let mut b = BytesMut::with_capacity(16 + reply.len());
+    if proto::encode_pub(&mut b, reply, b"", b"", b"").is_err() {
+        return;
+    }
+    let frame = b.freeze();
+    let matches = shard
+        .cache
+        .borrow_mut()
+        .lookup(&shard.global.routing, reply);
+    let view = || frame.clone();
+    route(
+        shard,
+        &matches,
+        flags::MSG_NO_RESPONDERS,
+        &frame,
+        &view,
+        stash,
+    );
+}
+
+fn subscribe(shard: &Shard, conn: &Rc<Conn>, s: &SubFrame<'_>) {
+    if let Err(e) = proto::validate_pattern(s.subject) {
+        conn.send_err(
+            shard,
+            ErrorCode::InvalidSubject,
+            &format!(
+                "invalid subscription subject {} (sid {}): {e}",
+                show(s.subject),
+                s.sid
+            ),
+        );
+        return;
+    }
+    if !s.queue.is_empty() {
+        if let Err(e) = proto::validate_queue(s.queue) {
+            conn.send_err(
+                shard,
+                ErrorCode::InvalidQueue,
+                &format!("invalid queue group {} (sid {}): {e}", show(s.queue), s.sid),
+            );
+            return;
+        }
+    }
+    let max = shard.global.config.limits.max_subscriptions;
+    let mut st = conn.st.borrow_mut();
+    if st.subs.contains_key(&s.sid) {
+        drop(st);
+        conn.send_err(
+            shard,
+            ErrorCode::DuplicateSid,
+            &format!("sid {} is already in use; subscription ignored", s.sid),
+        );
+        return;
+    }
+    if st.subs.len() >= max {
+        drop(st);
+        conn.send_err(
+            shard,
+            ErrorCode::TooManySubscriptions,
+            &format!(
+                "connection holds the maximum of {max} subscriptions; sid {} ignored",
+                s.sid
+            ),
+        );
+        return;
+    }
+    let queue = (!s.queue.is_empty()).then(|| Box::<[u8]>::from(s.queue));
+    st.subs.insert(
+        s.sid,
+        Sub {
+            pattern: s.subject.into(),
+            queue,
+            max: 0,
+            delivered: 0,
+        },
+    );
+    drop(st);
+    let q = (!s.queue.is_empty()).then_some(s.queue);
+    shard.global.routing.insert(
+        s.subject,
+        q,
+        SubTarget {
+            shard: shard.id,
+            conn: conn.id,
+            sid: s.sid,
+        },
+    );
+}
+
+fn unsubscribe(shard: &Shard, conn: &Rc<Conn>, u: UnsubFrame) {
+    let mut st = conn.st.borrow_mut();
+    let Some(sub) = st.subs.get_mut(&u.sid) else {
+        drop(st);
+        conn.send_err(
+            shard,
+            ErrorCode::UnknownSid,
+            &format!("sid {} is not an active subscription", u.sid),
+        );
+        return;
+    };
+    if u.max_msgs != 0 && sub.delivered < u64::from(u.max_msgs) {
+        sub.max = u.max_msgs;
+        return;
+    }
+    if let Some(sub) = st.subs.remove(&u.sid) {
+        drop(st);
+        shard.global.routing.remove(
+            &sub.pattern,
+            sub.queue.as_deref(),
+            SubTarget {
+                shard: shard.id,
+                conn: conn.id,
+                sid: u.sid,
+            },
+        );
+    }
+}
+
+/// Writes the connection's outbound bytes as they come, double-buffered: while one buffer is
+/// being written the shard appends to the other.
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
+    let limits = shard.global.config.limits;
+    let soft = limits.soft_pending();
+    let deadline = limits.write_deadline();
+    let mut spare = BytesMut::with_capacity(16 << 10);
+    loop {
+        let buf = {
+            let mut st = conn.st.borrow_mut();
+            if st.out.is_empty() {
+                if st.closing {
+                    break;
+                }
+                drop(st);
+                conn.wake_writer.notified().await;
+                continue;
+            }
+            let b = std::mem::replace(&mut st.out, std::mem::take(&mut spare));
+            st.inflight = b.len();
+            st.last_progress = Instant::now();
+            b
+        };
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            match tokio::time::timeout(deadline, wr.write(&buf[pos..])).await {
+                Err(_) => {
+                    conn.st.borrow_mut().inflight = 0;
+                    conn.slow_consumer(&shard, "no write progress within write_deadline");
+                    // The ERR cannot be written to a peer that does not read: just close.
+                    conn.stop.notify_one();
+                    return;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    let mut st = conn.st.borrow_mut();
+                    st.inflight = 0;
+                    st.closing = true;
+                    drop(st);
+                    conn.stop.notify_one();
+                    return;
+                }
+                Ok(Ok(n)) => {
+                    pos += n;
+                    let mut st = conn.st.borrow_mut();
+                    st.inflight -= n;
+                    st.last_progress = Instant::now();
+                    let pending = st.pending();
+                    drop(st);
+                    if pending <= soft {
+                        conn.drained.notify_waiters();
+                    }
+                }
+            }
+        }
+        let mut buf = buf;
+        buf.clear();
+        spare = if buf.capacity() <= MAX_SPARE {
+            buf
+        } else {
+            BytesMut::with_capacity(16 << 10)
+        };
+        conn.drained.notify_waiters();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}

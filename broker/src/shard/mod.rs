@@ -1,0 +1,461 @@
+//! Shards: one OS thread each, with its own single-threaded tokio event loop, owning its
+//! connections outright (no locks on connection state).
+//!
+//! A published message is routed on the shard that read it. Subscribers on the same shard get
+//! the MSG appended straight into their outbound buffer; subscribers on another shard get a
+//! [`Remote`] pushed into the bounded lock-free queue for that shard pair, carrying the PUB frame
+//! as a refcounted `Bytes` view of the read buffer (no copy). The receiving shard drains its
+//! queues in batches ([`drain`]) and wakes at most once per batch of the sender.
+//!
+//! Flow control: every connection's outbound bytes (buffered + being written) are counted. After
+//! each batch a publisher (or the drain task, for cross-shard traffic) waits while a consumer it
+//! fed is above the soft limit *and still reading* ([`conn::PROGRESS_WINDOW`]); a consumer that
+//! stops reading gets no such wait, reaches `max_pending`, and is closed as a slow consumer. A full
+//! cross-shard queue makes the publisher's reader wait for space: messages are never dropped to
+//! make room.
+
+pub(crate) mod conn;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::config::Config;
+use crate::routing::{MatchCache, RoutingTable, SubTarget};
+use crate::stats::ShardStats;
+use conn::Conn;
+
+/// A message handed from one shard to another for one subscription.
+#[derive(Debug)]
+pub(crate) struct Remote {
+    /// Target connection (owned by the receiving shard).
+    pub conn: u64,
+    /// Target subscription.
+    pub sid: u32,
+    /// MSG flag bits.
+    pub flags: u8,
+    /// The complete PUB frame (a view of the publisher's read buffer).
+    pub frame: Bytes,
+}
+
+/// The part of a shard that other threads touch: its inbound queues, its wake-ups, its counters.
+#[derive(Debug)]
+pub struct ShardHandle {
+    /// Shard index.
+    pub id: u16,
+    /// `inbound[src]`: messages from shard `src` to this shard. Single producer (shard `src`),
+    /// single consumer (this shard).
+    inbound: Box<[ArrayQueue<Remote>]>,
+    /// Wakes this shard's drain task; peers notify it once per batch they pushed.
+    wake: Notify,
+    /// Wakes this shard's readers waiting for room in a full queue they feed.
+    space: Notify,
+    /// Counters of this shard.
+    pub stats: ShardStats,
+}
+
+impl ShardHandle {
+    fn new(id: u16, shards: usize, queue_cap: usize) -> ShardHandle {
+        ShardHandle {
+            id,
+            inbound: (0..shards).map(|_| ArrayQueue::new(queue_cap)).collect(),
+            wake: Notify::new(),
+            space: Notify::new(),
+            stats: ShardStats::default(),
+        }
+    }
+}
+
+/// State shared by every shard and the acceptor.
+#[derive(Debug)]
+pub struct Global {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Every shard's handle, by index.
+    pub shards: Vec<Arc<ShardHandle>>,
+    /// The routing table (the one structure all shards share; lock-free for readers).
+    pub routing: RoutingTable,
+    /// This process's server id.
+    pub server_id: String,
+    /// Next connection id (ids are never reused during the process's life).
+    pub next_conn_id: AtomicU64,
+    /// Connections open now (checked against `max_connections` by the acceptor).
+    pub conn_count: AtomicUsize,
+}
+
+impl Global {
+    /// Creates the shared state for `config`.
+    pub fn new(config: Config, server_id: String) -> Global {
+        let n = config.shard_count();
+        let shards = (0..n)
+            .map(|i| Arc::new(ShardHandle::new(i as u16, n, config.cross_shard_queue)))
+            .collect();
+        Global {
+            config,
+            shards,
+            routing: RoutingTable::new(),
+            server_id,
+            next_conn_id: AtomicU64::new(1),
+            conn_count: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counters accumulated during a batch and added to the shared atomics once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct LocalCounters {
+    pub msgs_in: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub msgs_out: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub cross: Cell<u64>,
+    pub dropped: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+/// A shard's own state, living on its thread only.
+pub(crate) struct Shard {
+    pub id: u16,
+    pub global: Arc<Global>,
+    pub handle: Arc<ShardHandle>,
+    /// Connections owned by this shard, by id.
+    pub conns: RefCell<FxHashMap<u64, Rc<Conn>>>,
+    /// Literal subject → match set, invalidated by the routing generation.
+    pub cache: RefCell<MatchCache>,
+    /// Round-robin cursor for queue groups.
+    pub rr: Cell<u32>,
+    /// Connections given output since the last flush.
+    touched: RefCell<Vec<Rc<Conn>>>,
+    /// Peer shards given messages since the last flush (and a flag per shard to dedupe).
+    peers_touched: RefCell<Vec<u16>>,
+    peer_flag: RefCell<Vec<bool>>,
+    pub counters: LocalCounters,
+    /// Set when a delivery took a connection past the soft pending limit; the drain loop ends
+    /// its batch early then, to pace before buffering more.
+    pub over_soft: Cell<bool>,
+    /// Fires when the last connection of this shard is gone (used at shutdown).
+    pub conns_gone: Notify,
+    /// Shutdown signal.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shard {
+    fn new(global: Arc<Global>, id: u16, shutdown: watch::Receiver<bool>) -> Shard {
+        let handle = global.shards[id as usize].clone();
+        let n = global.shards.len();
+        let cache = MatchCache::new(global.config.match_cache);
+        Shard {
+            id,
+            handle,
+            conns: RefCell::new(FxHashMap::default()),
+            cache: RefCell::new(cache),
+            rr: Cell::new(0),
+            touched: RefCell::new(Vec::new()),
+            peers_touched: RefCell::new(Vec::new()),
+            peer_flag: RefCell::new(vec![false; n]),
+            counters: LocalCounters::default(),
+            over_soft: Cell::new(false),
+            conns_gone: Notify::new(),
+            shutdown,
+            global,
+        }
+    }
+
+    /// Records that `conn` has new output to write at the end of the batch.
+    pub fn touch(&self, conn: &Rc<Conn>) {
+        let mut st = conn.st.borrow_mut();
+        if !st.touched {
+            st.touched = true;
+            drop(st);
+            self.touched.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Delivers a message to subscription `sid` of local connection `conn_id`. Returns whether
+    /// it was queued for writing.
+    pub fn deliver_local(&self, conn_id: u64, sid: u32, flags: u8, frame: &[u8]) -> bool {
+        let conn = match self.conns.borrow().get(&conn_id) {
+            Some(c) => c.clone(),
+            None => {
+                bump(&self.counters.dropped, 1);
+                return false;
+            }
+        };
+        let limits = &self.global.config.limits;
+        let mut st = conn.st.borrow_mut();
+        if st.closing {
+            bump(&self.counters.dropped, 1);
+            return false;
+        }
+        let Some(sub) = st.subs.get_mut(&sid) else {
+            // Unsubscribed while the message was in flight: not an error.
+            return false;
+        };
+        if sub.max != 0 && sub.delivered >= u64::from(sub.max) {
+            return false;
+        }
+        sub.delivered += 1;
+        let done = sub.max != 0 && sub.delivered >= u64::from(sub.max);
+        let before = st.out.len();
+        let was_over_soft = st.pending() > limits.soft_pending();
+        if agentwire_protocol::encode_msg_from_pub(&mut st.out, sid, flags, frame).is_err() {
+            bump(&self.counters.dropped, 1);
+            return false;
+        }
+        bump(&self.counters.msgs_out, 1);
+        bump(&self.counters.bytes_out, (st.out.len() - before) as u64);
+        if done {
+            if let Some(sub) = st.subs.remove(&sid) {
+                self.global.routing.remove(
+                    &sub.pattern,
+                    sub.queue.as_deref(),
+                    SubTarget {
+                        shard: self.id,
+                        conn: conn_id,
+                        sid,
+                    },
+                );
+            }
+        }
+        let pending = st.pending();
+        let over = pending > limits.max_pending;
+        if !was_over_soft && pending > limits.soft_pending() {
+            self.over_soft.set(true);
+        }
+        drop(st);
+        if over {
+            conn.slow_consumer(self, "outbound buffer passed max_pending");
+        }
+        self.touch(&conn);
+        true
+    }
+
+    /// Hands a message to another shard, or stashes it when that queue is full (or already has
+    /// stashed messages, to keep order). The caller drains the stash with [`Shard::push_stash`].
+    pub fn push_remote(&self, dst: u16, r: Remote, stash: &mut Stash) {
+        {
+            let mut flags = self.peer_flag.borrow_mut();
+            if !flags[dst as usize] {
+                flags[dst as usize] = true;
+                self.peers_touched.borrow_mut().push(dst);
+            }
+        }
+        bump(&self.counters.cross, 1);
+        if stash.blocked(dst) {
+            stash.items.push((dst, r));
+            return;
+        }
+        let q = &self.global.shards[dst as usize].inbound[self.id as usize];
+        if let Err(r) = q.push(r) {
+            stash.block(dst);
+            stash.items.push((dst, r));
+        }
+    }
+
+    /// Writes out (wakes writers of) every connection touched since the last flush, wakes every
+    /// peer shard given messages, publishes the batch counters, and returns the touched
+    /// connections that are above the soft pending limit.
+    pub fn flush(&self) -> Vec<Rc<Conn>> {
+        let soft = self.global.config.limits.soft_pending();
+        let touched = std::mem::take(&mut *self.touched.borrow_mut());
+        let mut congested = Vec::new();
+        for c in touched {
+            let mut st = c.st.borrow_mut();
+            st.touched = false;
+            let over = !st.closing && st.pending() > soft;
+            drop(st);
+            c.wake_writer.notify_one();
+            if over {
+                congested.push(c);
+            }
+        }
+        let peers = std::mem::take(&mut *self.peers_touched.borrow_mut());
+        if !peers.is_empty() {
+            let mut flags = self.peer_flag.borrow_mut();
+            for p in peers {
+                flags[p as usize] = false;
+                self.global.shards[p as usize].wake.notify_one();
+            }
+        }
+        self.publish_counters();
+        congested
+    }
+
+    fn publish_counters(&self) {
+        let s = &self.handle.stats;
+        let c = &self.counters;
+        ShardStats::add(&s.msgs_in, c.msgs_in.take());
+        ShardStats::add(&s.bytes_in, c.bytes_in.take());
+        ShardStats::add(&s.msgs_out, c.msgs_out.take());
+        ShardStats::add(&s.bytes_out, c.bytes_out.take());
+        ShardStats::add(&s.cross_shard_out, c.cross.take());
+        ShardStats::add(&s.dropped, c.dropped.take());
+    }
+
+    /// Pushes stashed cross-shard messages in order, waiting for room as long as needed.
+    pub async fn push_stash(&self, stash: &mut Stash) {
+        while !stash.items.is_empty() {
+            stash.clear_blocks();
+            let items = std::mem::take(&mut stash.items);
+            for (dst, r) in items {
+                if stash.blocked(dst) {
+                    stash.items.push((dst, r));
+                    continue;
+                }
+                let q = &self.global.shards[dst as usize].inbound[self.id as usize];
+                if let Err(r) = q.push(r) {
+                    stash.block(dst);
+                    stash.items.push((dst, r));
+                }
+            }
+            for &d in &stash.blocked_list {
+                self.global.shards[d as usize].wake.notify_one();
+            }
+            if stash.items.is_empty() {
+                break;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(1), self.handle.space.notified()).await;
+        }
+        stash.clear_blocks();
+    }
+
+    /// Waits while any of `congested` is above the soft limit and still reading (paces the
+    /// caller to its consumers; a consumer that stopped reading is not waited for).
+    pub async fn pace(&self, congested: Vec<Rc<Conn>>) {
+        let soft = self.global.config.limits.soft_pending();
+        for c in congested {
+            for _ in 0..10_000 {
+                if !c.is_congested(soft) {
+                    break;
+                }
+                let _ = tokio::time::timeout(conn::PROGRESS_WINDOW, c.drained.notified()).await;
+            }
+        }
+    }
+}
+
+/// Cross-shard messages that did not fit their queue yet, in order, with the shards whose
+/// queue was found full.
+#[derive(Debug, Default)]
+pub(crate) struct Stash {
+    pub items: Vec<(u16, Remote)>,
+    blocked_list: Vec<u16>,
+}
+
+impl Stash {
+    fn blocked(&self, dst: u16) -> bool {
+        self.blocked_list.contains(&dst)
+    }
+    fn block(&mut self, dst: u16) {
+        if !self.blocked(dst) {
+            self.blocked_list.push(dst);
+        }
+    }
+    fn clear_blocks(&mut self) {
+        self.blocked_list.clear();
+    }
+}
+
+/// Drains this shard's inbound queues in batches and delivers to local connections.
+async fn drain(shard: Rc<Shard>) {
+    const BATCH: usize = 4096;
+    loop {
+        shard.handle.wake.notified().await;
+        loop {
+            let mut n = 0usize;
+            for src in 0..shard.global.shards.len() {
+                let q = &shard.handle.inbound[src];
+                let mut took = 0usize;
+                while took < BATCH && !shard.over_soft.get() {
+                    let Some(r) = q.pop() else { break };
+                    shard.deliver_local(r.conn, r.sid, r.flags, &r.frame);
+                    took += 1;
+                }
+                if took > 0 {
+                    shard.global.shards[src].space.notify_waiters();
+                }
+                n += took;
+            }
+            if n == 0 && !shard.over_soft.get() {
+                break;
+            }
+            shard.over_soft.set(false);
+            let congested = shard.flush();
+            shard.pace(congested).await;
+            // Let this shard's readers and writers run between drain batches.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until shutdown, then closes its connections
+/// (flushing what is buffered, bounded by the shutdown grace).
+pub(crate) fn run(
+    global: Arc<Global>,
+    id: u16,
+    mut conns_rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut stop = shutdown.clone();
+        let shard = Rc::new(Shard::new(global.clone(), id, shutdown));
+        tokio::task::spawn_local(drain(shard.clone()));
+        loop {
+            tokio::select! {
+                s = conns_rx.recv() => match s {
+                    Some(stream) => {
+                        tokio::task::spawn_local(conn::serve(shard.clone(), stream));
+                    }
+                    None => break,
+                },
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Connections see the same signal and close themselves; wait for them, bounded.
+        let grace = Duration::from_millis(global.config.shutdown_grace_ms + 500);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !shard.conns.borrow().is_empty() {
+            if tokio::time::timeout_at(deadline, shard.conns_gone.notified())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    shard = id,
+                    left = shard.conns.borrow().len(),
+                    "shutdown grace over; dropping connections"
+                );
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Sums the counters of every shard.
+pub fn snapshot(global: &Global) -> crate::stats::StatsSnapshot {
+    crate::stats::StatsSnapshot::collect(global.shards.iter().map(|s| &s.stats))
+}
+
+/// Relaxed load helper for tests and status.
+pub fn open_connections(global: &Global) -> usize {
+    global.conn_count.load(Ordering::Relaxed)
+}

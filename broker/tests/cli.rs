@@ -1,0 +1,218 @@
+//! The `agentwire` binary end to end: `serve` on a loopback port, the client tools against it,
+//! their exit codes and messages, and a clean exit 0 on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(extra: &[&str]) -> Broker {
+        let addr = free_addr();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agentwire serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start listening on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tool(args: &[&str], server: SocketAddr) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--server", &server.to_string()])
+        .output()
+        .expect("run agentwire tool")
+}
+
+#[test]
+fn pub_sub_req_reply_through_the_cli() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let addr = broker.addr.to_string();
+
+    // sub --count 3 prints `SUBJECT DATA` lines and exits.
+    let sub = Command::new(BIN)
+        .args(["sub", "greet.*", "--count", "3", "--server", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    let mut sub = sub;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sub.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "sub did not get 3 messages");
+        let o = tool(&["pub", "greet.world", "hello there"], broker.addr);
+        assert!(
+            o.status.success(),
+            "pub failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sub.wait_with_output().expect("sub output");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines, ["greet.world hello there"; 3]);
+
+    // --json output.
+    let sub = Command::new(BIN)
+        .args(["sub", "j", "--count", "1", "--json", "--server", &addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    let mut sub = sub;
+    while sub.try_wait().expect("try_wait").is_none() {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "json sub did not finish"
+        );
+        tool(&["pub", "j", "x"], broker.addr);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = sub.wait_with_output().expect("output");
+    let v: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().expect("a line"))
+            .expect("valid JSON line");
+    assert_eq!(v["subject"], "j");
+    assert_eq!(v["data"], "x");
+
+    // reply + req.
+    let mut reply = Command::new(BIN)
+        .args(["reply", "echo", "--server", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reply");
+    let mut answered = None;
+    for _ in 0..100 {
+        let o = tool(&["req", "echo", "ping 1", "--timeout", "2000"], broker.addr);
+        if o.status.success() {
+            answered = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = answered.expect("req got an answer from reply");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ping 1\n");
+    let _ = reply.kill();
+    let _ = reply.wait();
+
+    // No responders: exit 1 with a clear message.
+    let o = tool(&["req", "nobody", "x", "--timeout", "500"], broker.addr);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(err.contains("no responders"), "{err}");
+
+    // Invalid subject: usage error, exit 2.
+    let o = tool(&["pub", "a..b", "x"], broker.addr);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a..b"));
+}
+
+#[test]
+fn cannot_connect_says_what_to_do() {
+    let addr = free_addr();
+    let o = tool(&["pub", "a", "x"], addr);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("agentwire serve"), "{err}");
+}
+
+#[test]
+fn bad_config_is_a_usage_error() {
+    let dir = std::env::temp_dir().join(format!("agentwire-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "shardz = 2\n").expect("write config");
+    let o = Command::new(BIN)
+        .args(["serve", "--config", &file.display().to_string()])
+        .output()
+        .expect("run serve");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shardz"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero() {
+    let mut broker = Broker::start(&["--shards", "2"]);
+    // A subscriber connected over the raw socket sees the shutdown ERR then EOF.
+    let sub = Command::new(BIN)
+        .args(["sub", "never", "--server", &broker.addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sub");
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal("TERM");
+    let status = broker.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let stderr = broker.child.stderr.take().expect("stderr piped");
+    let log: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
+    let out = sub
+        .wait_with_output()
+        .expect("sub exits when the broker goes");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+}

@@ -1,0 +1,458 @@
+//! [`Client`]: the handle callers publish, subscribe and request through.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_protocol::{encode_unsub, validate_pattern, validate_queue};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{lock, Inner, ReplyOutcome, SubEntry, SubKind};
+use crate::connect::random_token;
+use crate::error::{Error, ServerError};
+use crate::headers::Headers;
+use crate::message::{Message, OutboundMessage};
+use crate::subscriber::Subscriber;
+
+/// What the server said about itself and this connection in its INFO frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// The server's id (unique per process start).
+    pub server_id: String,
+    /// The server's id for this connection.
+    pub client_id: u64,
+    /// The shard (event-loop thread) that owns this connection.
+    pub shard_id: u16,
+    /// How many shards the server runs.
+    pub shard_count: u16,
+    /// Largest headers + payload the server accepts in one message.
+    pub max_payload: u32,
+    /// The protocol version the server speaks.
+    pub version: u16,
+    /// Feature bits the server offers ([`agentwire_protocol::features`]).
+    pub features: u32,
+}
+
+/// Counters of one connection since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Statistics {
+    /// Messages published (including requests).
+    pub out_msgs: u64,
+    /// Bytes written to the socket.
+    pub out_bytes: u64,
+    /// Write batches (each one `write_all` of everything buffered).
+    pub writes: u64,
+    /// MSG frames received.
+    pub in_msgs: u64,
+    /// Bytes read from the socket after the handshake.
+    pub in_bytes: u64,
+    /// Reads from the socket after the handshake.
+    pub reads: u64,
+}
+
+/// A connection to an agentwire broker. Cheap to clone: clones share the connection.
+///
+/// The connection closes when [`Client::close`] or [`Client::drain`] is called, when the server
+/// or the network ends it, or when the last `Client` clone and the last [`Subscriber`] are
+/// dropped (pending publishes are still written then).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), agentwire_client::Error> {
+/// let client = agentwire_client::connect("127.0.0.1:4800").await?;
+/// let mut sub = client.subscribe("greetings.>").await?;
+/// client.publish("greetings.en", "hello").await?;
+/// if let Some(msg) = sub.next().await {
+///     println!("{}: {:?}", msg.subject, msg.payload);
+/// }
+/// client.drain().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+    /// Shared by every clone and subscriber: its drop starts a graceful close.
+    _lifeline: Arc<Lifeline>,
+}
+
+/// Closes the connection gracefully when the last handle goes away.
+struct Lifeline(Arc<Inner>);
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        self.0.begin_close();
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("server_id", &self.inner.info.server_id)
+            .field("client_id", &self.inner.info.client_id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Removes a pending request's entry when the request ends in any way (reply, error, timeout,
+/// or the future being dropped).
+struct PendingRequest<'a> {
+    inner: &'a Inner,
+    token: u64,
+}
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.requests).remove(&self.token);
+    }
+}
+
+/// Removes a subscription entry whose SUB was never queued (the subscribe future was dropped
+/// or failed while waiting for buffer space).
+struct SubscribeGuard<'a> {
+    inner: &'a Inner,
+    sid: u32,
+    armed: bool,
+}
+
+impl Drop for SubscribeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.inner.subs).remove(&self.sid);
+        }
+    }
+}
+
+impl Client {
+    pub(crate) fn new(inner: Arc<Inner>) -> Client {
+        Client {
+            _lifeline: Arc::new(Lifeline(inner.clone())),
+            inner,
+        }
+    }
+
+    /// Publishes `payload` on `subject`.
+    ///
+    /// The message is copied into the connection's write buffer and sent with others in one
+    /// write; this returns once it is buffered. Use [`Client::flush`] to wait until the server
+    /// has read it. Waits only when more than the write buffer limit is pending.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// client.publish("sensors.t1", "21.5").await?;
+    /// client.publish("sensors.t1", vec![1u8, 2, 3]).await?;
+    /// client.flush().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSubject`] for a subject that is empty, malformed or has wildcards,
+    /// [`Error::PayloadTooLarge`] over the server's max payload, [`Error::Closed`] once the
+    /// connection is closed, [`Error::WriteStalled`] when the server has read nothing for a
+    /// request timeout while the write buffer is full.
+    pub async fn publish(&self, subject: &str, payload: impl Into<Bytes>) -> Result<(), Error> {
+        let payload = payload.into();
+        self.publish_message(OutboundMessage::new(subject, &payload))
+            .await
+    }
+
+    /// Publishes `payload` on `subject` with a reply subject for the receivers to answer on.
+    ///
+    /// # Errors
+    /// As [`Client::publish`], and [`Error::InvalidSubject`] for an invalid reply subject.
+    pub async fn publish_with_reply(
+        &self,
+        subject: &str,
+        reply: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let payload = payload.into();
+        self.publish_message(OutboundMessage::new(subject, &payload).reply(reply))
+            .await
+    }
+
+    /// Publishes `payload` on `subject` with headers.
+    ///
+    /// # Errors
+    /// As [`Client::publish`] (headers count toward the max payload), and
+    /// [`Error::HeadersNotSupported`] when the server does not offer headers.
+    pub async fn publish_with_headers(
+        &self,
+        subject: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let payload = payload.into();
+        self.publish_message(OutboundMessage::new(subject, &payload).headers(headers))
+            .await
+    }
+
+    /// Publishes a message with every optional part (reply, headers); borrows the payload.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// use agentwire_client::{Headers, OutboundMessage};
+    /// let mut headers = Headers::new();
+    /// headers.insert("Trace-Id", "abc123")?;
+    /// let body = [0u8; 64];
+    /// client
+    ///     .publish_message(OutboundMessage::new("jobs.new", &body).reply("jobs.done").headers(&headers))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::publish_with_reply`] and [`Client::publish_with_headers`].
+    pub async fn publish_message(&self, msg: OutboundMessage<'_>) -> Result<(), Error> {
+        self.inner
+            .check_publish(msg.subject, msg.reply, msg.headers, msg.payload.len())?;
+        self.inner
+            .enqueue_pub(
+                msg.subject,
+                msg.reply.unwrap_or(""),
+                msg.headers,
+                msg.payload,
+            )
+            .await
+    }
+
+    /// Waits until the server has read everything this client sent before the call: sends a
+    /// PING and waits for its PONG (bounded by the request timeout). After it returns, every
+    /// message the server sent before its PONG is in the subscribers' streams.
+    ///
+    /// # Errors
+    /// [`Error::FlushTimeout`] when no PONG comes in time, [`Error::Closed`] or
+    /// [`Error::Server`] when the connection closes first.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.inner.flush().await
+    }
+
+    /// Subscribes to a subject or pattern (`*` matches one token, a final `>` the rest).
+    ///
+    /// The SUB is sent asynchronously, after anything published before on this client. Other
+    /// connections' messages can be missed until the server has read it: call
+    /// [`Client::flush`] first when that matters.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let mut sub = client.subscribe("orders.*.created").await?;
+    /// client.flush().await?;
+    /// while let Some(msg) = sub.next().await {
+    ///     println!("{} {} bytes", msg.subject, msg.payload.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSubject`] for a malformed pattern, [`Error::Closed`] once the connection
+    /// is closed or draining.
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, Error> {
+        self.subscribe_inner(subject, "").await
+    }
+
+    /// Subscribes as a member of queue group `queue`: each message is delivered to one member
+    /// of the group.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`], and [`Error::InvalidQueue`] for a malformed group name.
+    pub async fn queue_subscribe(&self, subject: &str, queue: &str) -> Result<Subscriber, Error> {
+        validate_queue(queue.as_bytes()).map_err(|source| Error::InvalidQueue {
+            queue: queue.to_owned(),
+            source,
+        })?;
+        self.subscribe_inner(subject, queue).await
+    }
+
+    async fn subscribe_inner(&self, subject: &str, queue: &str) -> Result<Subscriber, Error> {
+        validate_pattern(subject.as_bytes()).map_err(|source| Error::InvalidSubject {
+            subject: subject.to_owned(),
+            source,
+        })?;
+        let inner = &*self.inner;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sid = inner.alloc_sid();
+        {
+            let mut subs = lock(&inner.subs);
+            if inner.is_closed() || inner.draining.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            subs.insert(sid, SubEntry::new(SubKind::Stream(tx)));
+        }
+        let mut guard = SubscribeGuard {
+            inner,
+            sid,
+            armed: true,
+        };
+        inner.enqueue_sub(sid, subject, queue).await?;
+        guard.armed = false;
+        Ok(Subscriber::new(self.clone(), sid, subject, rx))
+    }
+
+    /// Sends a request and waits for the first reply, up to `timeout`.
+    ///
+    /// Replies come back on one shared inbox subscription per client (created on the first
+    /// request), so a request costs one PUB and no extra round trip.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// use std::time::Duration;
+    /// let reply = client.request("math.double", "21", Duration::from_secs(1)).await?;
+    /// assert_eq!(reply.payload, "42");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoResponders`] when nothing is subscribed to `subject`, [`Error::Timeout`]
+    /// without a reply in time, [`Error::Closed`] or [`Error::Server`] when the connection
+    /// closes first, and the errors of [`Client::publish`].
+    pub async fn request(
+        &self,
+        subject: &str,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let payload = payload.into();
+        self.request_inner(subject, None, &payload, timeout).await
+    }
+
+    /// Sends a request with headers and waits for the first reply, up to `timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::request`] and [`Client::publish_with_headers`].
+    pub async fn request_with_headers(
+        &self,
+        subject: &str,
+        headers: &Headers,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let payload = payload.into();
+        self.request_inner(subject, Some(headers), &payload, timeout)
+            .await
+    }
+
+    async fn request_inner(
+        &self,
+        subject: &str,
+        headers: Option<&Headers>,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let inner = &*self.inner;
+        inner.check_publish(subject, None, headers, payload.len())?;
+        if inner.draining.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        inner.ensure_inbox()?;
+        let token = inner.next_token.fetch_add(1, Ordering::Relaxed);
+        let reply = format!("{}.{}", inner.inbox_prefix, token);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut requests = lock(&inner.requests);
+            if inner.is_closed() {
+                return Err(Error::Closed);
+            }
+            requests.insert(token, tx);
+        }
+        let _pending = PendingRequest { inner, token };
+        let exchange = async {
+            inner.enqueue_pub(subject, &reply, headers, payload).await?;
+            match rx.await {
+                Ok(ReplyOutcome::Reply(msg)) => Ok(msg),
+                Ok(ReplyOutcome::NoResponders) => Err(Error::NoResponders {
+                    subject: subject.to_owned(),
+                }),
+                Ok(ReplyOutcome::Closed(reason)) => Err(reason.to_error()),
+                Err(_) => Err(Error::Closed),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                subject: subject.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// A new unique subject for replies: `_INBOX.` and 22 random characters.
+    pub fn new_inbox(&self) -> String {
+        format!("_INBOX.{}", random_token())
+    }
+
+    /// What the server said in its INFO frame.
+    pub fn server_info(&self) -> &crate::ServerInfo {
+        &self.inner.info
+    }
+
+    /// Counters of this connection.
+    pub fn statistics(&self) -> crate::Statistics {
+        self.inner.statistics()
+    }
+
+    /// Closes gracefully: unsubscribes everything, waits until the server has processed that
+    /// (a flush), ends every subscriber stream after the messages it already received, writes
+    /// the pending publishes and closes. Pending requests fail with [`Error::Closed`]. Bounded by
+    /// the request timeout at each step.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection is already closed or draining, the flush's errors,
+    /// and [`Error::CloseTimeout`] when the pending bytes could not be written in time.
+    pub async fn drain(&self) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.is_closed() || inner.draining.swap(true, Ordering::AcqRel) {
+            return Err(Error::Closed);
+        }
+        let sids: Vec<u32> = lock(&inner.subs).keys().copied().collect();
+        let flushed = match inner.enqueue_control(|b| {
+            for &sid in &sids {
+                encode_unsub(b, sid, 0);
+            }
+            Ok(())
+        }) {
+            Ok(()) => inner.flush().await,
+            Err(e) => Err(e),
+        };
+        // Everything the server sent before its PONG is in the streams now; end them.
+        let subs = std::mem::take(&mut *lock(&inner.subs));
+        drop(subs);
+        let requests = std::mem::take(&mut *lock(&inner.requests));
+        for (_, tx) in requests {
+            let _ = tx.send(ReplyOutcome::Closed(crate::error::CloseReason::Closed));
+        }
+        let closed = inner.close().await;
+        flushed.and(closed)
+    }
+
+    /// Writes the pending publishes, then closes the connection; subscriber streams end after
+    /// the messages they already received, pending flushes and requests fail with
+    /// [`Error::Closed`]. Calling it again, or after the connection died, is fine.
+    ///
+    /// # Errors
+    /// [`Error::CloseTimeout`] when the pending bytes could not be written within the request
+    /// timeout (they are dropped and the connection closed anyway).
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
+
+    /// Whether the connection is closed or closing: further calls fail with [`Error::Closed`].
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// The last non-fatal ERR the server sent (for example an unknown sid), if any.
+    pub fn last_error(&self) -> Option<ServerError> {
+        lock(&self.inner.last_error).clone()
+    }
+
+    /// The fatal ERR that closed the connection, if the server closed it with one.
+    pub fn fatal_error(&self) -> Option<ServerError> {
+        match self.inner.close_reason.get() {
+            Some(crate::error::CloseReason::Server(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}

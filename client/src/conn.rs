@@ -1,0 +1,500 @@
+//! The state one connection shares between the caller's handles and its two background tasks.
+//!
+//! Who owns what:
+//! - callers ([`crate::Client`], [`crate::Subscriber`]) append frames to the write buffer and
+//!   insert or remove subscriptions and pending requests;
+//! - the writer task ([`crate::writer`]) swaps the write buffer out and writes it to the socket;
+//! - the reader task ([`crate::reader`]) decodes frames and dispatches them to subscriptions,
+//!   pending requests and flush waiters;
+//! - [`Inner::teardown`] (called once by whichever side sees the end) fails everything pending.
+//!
+//! Locks are `std` mutexes, never held across an `.await`. Lock order: `subs` before `write`,
+//! `subs` before `requests`; nothing takes `subs` while holding another of them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use agentwire_protocol::{encode_pub, encode_sub, encode_unsub};
+use bytes::BytesMut;
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::AbortHandle;
+
+use crate::error::{CloseReason, Error, ServerError};
+use crate::headers::Headers;
+use crate::message::Message;
+use crate::{ServerInfo, Statistics};
+
+/// Locks a mutex, ignoring poisoning: no code in this crate panics while holding one, and the
+/// guarded state stays consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Settings fixed at connect time.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Bound on flush, drain and close.
+    pub(crate) request_timeout: Duration,
+    /// Pending outbound bytes past which publishers wait.
+    pub(crate) write_buffer_limit: usize,
+}
+
+/// Which side calls [`Inner::teardown`] (so it does not abort itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Reader,
+    Writer,
+    User,
+}
+
+/// The outbound side, under one lock: the buffer publishers append to and the writer drains.
+#[derive(Debug, Default)]
+pub(crate) struct WriteState {
+    /// Encoded frames not yet taken by the writer.
+    pub(crate) buf: BytesMut,
+    /// Bytes the writer has taken and is writing now; counts toward the backpressure limit.
+    pub(crate) in_flight: usize,
+    /// One waiter per PING this client sent, in order; each PONG resolves the front one.
+    pub(crate) pong_waiters: VecDeque<oneshot::Sender<Result<(), CloseReason>>>,
+    /// Graceful close requested: accept nothing new, write what is buffered, then shut down.
+    pub(crate) closing: bool,
+    /// Torn down: accept nothing, write nothing.
+    pub(crate) closed: bool,
+    /// Messages published (counted here because the lock is held anyway).
+    pub(crate) out_msgs: u64,
+}
+
+/// Where the reader sends the messages of one subscription.
+#[derive(Debug)]
+pub(crate) enum SubKind {
+    /// A [`crate::Subscriber`]'s channel.
+    Stream(mpsc::UnboundedSender<Message>),
+    /// The shared request inbox: replies go to [`Inner::requests`] by token.
+    Inbox,
+}
+
+/// One active subscription, as the reader sees it.
+#[derive(Debug)]
+pub(crate) struct SubEntry {
+    pub(crate) kind: SubKind,
+    /// Messages the reader has dispatched to it.
+    pub(crate) delivered: u64,
+    /// End after this many deliveries in all (0: no limit).
+    pub(crate) max: u64,
+    /// Whether the server was told the same limit (otherwise the client unsubscribes itself when
+    /// the limit is reached).
+    pub(crate) server_limited: bool,
+}
+
+impl SubEntry {
+    pub(crate) fn new(kind: SubKind) -> SubEntry {
+        SubEntry {
+            kind,
+            delivered: 0,
+            max: 0,
+            server_limited: false,
+        }
+    }
+}
+
+/// What a pending request receives.
+#[derive(Debug)]
+pub(crate) enum ReplyOutcome {
+    Reply(Message),
+    NoResponders,
+    Closed(CloseReason),
+}
+
+/// Connection state shared by every handle and both tasks.
+pub(crate) struct Inner {
+    /// The server's INFO; fixed after the handshake.
+    pub(crate) info: ServerInfo,
+    pub(crate) settings: Settings,
+    /// Outbound buffer, flush waiters and close flags.
+    pub(crate) write: Mutex<WriteState>,
+    /// Wakes the writer when the buffer goes from empty to non-empty, and on close.
+    pub(crate) writer_wake: Notify,
+    /// Wakes publishers waiting for buffer space, after every write and on teardown.
+    pub(crate) drained: Notify,
+    /// Active subscriptions by sid; the reader locks it once per read batch.
+    pub(crate) subs: Mutex<FxHashMap<u32, SubEntry>>,
+    /// Pending requests by token.
+    pub(crate) requests: Mutex<FxHashMap<u64, oneshot::Sender<ReplyOutcome>>>,
+    /// `_INBOX.<22 random chars>`: replies to requests arrive on `<prefix>.<token>`.
+    pub(crate) inbox_prefix: String,
+    /// The sid of the request inbox subscription (0 until the first request).
+    pub(crate) inbox_sid: AtomicU32,
+    pub(crate) next_sid: AtomicU32,
+    pub(crate) next_token: AtomicU64,
+    /// No new operations: set when closing starts, draining ends, or the connection dies.
+    pub(crate) closed: AtomicBool,
+    /// A drain is under way: no new subscriptions or requests.
+    pub(crate) draining: AtomicBool,
+    /// Set once teardown has failed everything pending; `done` is notified then.
+    pub(crate) torn_down: AtomicBool,
+    pub(crate) done: Notify,
+    pub(crate) close_reason: OnceLock<CloseReason>,
+    pub(crate) last_error: Mutex<Option<ServerError>>,
+    pub(crate) reader_task: Mutex<Option<AbortHandle>>,
+    pub(crate) writer_task: Mutex<Option<AbortHandle>>,
+    pub(crate) in_msgs: AtomicU64,
+    pub(crate) in_bytes: AtomicU64,
+    pub(crate) reads: AtomicU64,
+    pub(crate) out_bytes: AtomicU64,
+    pub(crate) writes: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn new(info: ServerInfo, settings: Settings, inbox_prefix: String) -> Inner {
+        Inner {
+            info,
+            settings,
+            write: Mutex::new(WriteState::default()),
+            writer_wake: Notify::new(),
+            drained: Notify::new(),
+            subs: Mutex::new(FxHashMap::default()),
+            requests: Mutex::new(FxHashMap::default()),
+            inbox_prefix,
+            inbox_sid: AtomicU32::new(0),
+            next_sid: AtomicU32::new(1),
+            next_token: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            torn_down: AtomicBool::new(false),
+            done: Notify::new(),
+            close_reason: OnceLock::new(),
+            last_error: Mutex::new(None),
+            reader_task: Mutex::new(None),
+            writer_task: Mutex::new(None),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            out_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A fresh subscription id (never 0, never reused before 2^32 subscriptions).
+    pub(crate) fn alloc_sid(&self) -> u32 {
+        loop {
+            let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
+            if sid != 0 {
+                return sid;
+            }
+        }
+    }
+
+    /// Checks a publish before anything is encoded.
+    pub(crate) fn check_publish(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: Option<&Headers>,
+        payload_len: usize,
+    ) -> Result<(), Error> {
+        check_literal(subject)?;
+        if let Some(r) = reply {
+            check_literal(r)?;
+        }
+        let hlen = match headers {
+            Some(h) if !h.is_empty() => {
+                if self.info.features & agentwire_protocol::features::HEADERS == 0 {
+                    return Err(Error::HeadersNotSupported);
+                }
+                h.as_encoded().len()
+            }
+            _ => 0,
+        };
+        let len = hlen.saturating_add(payload_len);
+        if len > self.info.max_payload as usize {
+            return Err(Error::PayloadTooLarge {
+                len,
+                max: self.info.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends a PUB (already checked) to the write buffer, waiting for space if needed.
+    pub(crate) async fn enqueue_pub(
+        &self,
+        subject: &str,
+        reply: &str,
+        headers: Option<&Headers>,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let hdr = headers.map_or(&[][..], Headers::as_encoded);
+        self.enqueue(true, |b| {
+            encode_pub(b, subject.as_bytes(), reply.as_bytes(), hdr, payload).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Appends a SUB to the write buffer, waiting for space if needed.
+    pub(crate) async fn enqueue_sub(
+        &self,
+        sid: u32,
+        subject: &str,
+        queue: &str,
+    ) -> Result<(), Error> {
+        self.enqueue(false, |b| {
+            encode_sub(b, sid, subject.as_bytes(), queue.as_bytes()).map_err(Error::from)
+        })
+        .await
+    }
+
+    /// Appends frames produced by `encode`, waiting while the pending bytes are over the limit.
+    /// The fast path takes the lock once and does not touch the `drained` notifier.
+    async fn enqueue<F>(&self, count_msg: bool, mut encode: F) -> Result<(), Error>
+    where
+        F: FnMut(&mut BytesMut) -> Result<(), Error>,
+    {
+        if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
+            return done;
+        }
+        let after = self.settings.request_timeout;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
+                return done;
+            }
+            // Every completed write wakes us; none for a whole request timeout means the socket
+            // accepts nothing: the server is not reading.
+            if tokio::time::timeout(after, notified).await.is_err() {
+                let w = lock(&self.write);
+                return Err(Error::WriteStalled {
+                    after,
+                    pending: w.buf.len() + w.in_flight,
+                });
+            }
+        }
+    }
+
+    /// `None` when the buffer is over the limit (the caller waits and retries).
+    #[inline]
+    fn try_enqueue<F>(&self, count_msg: bool, encode: &mut F) -> Option<Result<(), Error>>
+    where
+        F: FnMut(&mut BytesMut) -> Result<(), Error>,
+    {
+        let mut w = lock(&self.write);
+        if w.closed || w.closing {
+            return Some(Err(Error::Closed));
+        }
+        if w.buf.len() + w.in_flight >= self.settings.write_buffer_limit {
+            return None;
+        }
+        let was_empty = w.buf.is_empty();
+        if let Err(e) = encode(&mut w.buf) {
+            return Some(Err(e));
+        }
+        if count_msg {
+            w.out_msgs += 1;
+        }
+        drop(w);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Some(Ok(()))
+    }
+
+    /// Appends small control frames (UNSUB, PONG, the inbox SUB) without waiting for space:
+    /// they must go out even when called from `Drop` or from the reader.
+    pub(crate) fn enqueue_control(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut w = lock(&self.write);
+        if w.closed {
+            return Err(Error::Closed);
+        }
+        let was_empty = w.buf.is_empty();
+        encode(&mut w.buf)?;
+        drop(w);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sends a PING and registers a waiter resolved by the matching PONG.
+    pub(crate) fn ping(&self) -> Result<oneshot::Receiver<Result<(), CloseReason>>, Error> {
+        let mut w = lock(&self.write);
+        if w.closed || w.closing {
+            return Err(Error::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        w.pong_waiters.push_back(tx);
+        let was_empty = w.buf.is_empty();
+        agentwire_protocol::encode_ping(&mut w.buf);
+        drop(w);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Sends a PING and waits for its PONG, bounded by the request timeout.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let rx = self.ping()?;
+        let after = self.settings.request_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(reason.to_error()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::FlushTimeout { after }),
+        }
+    }
+
+    /// Creates the request inbox subscription on first use. The SUB is appended while `subs` is
+    /// held, and the sid published after, so no request's PUB can precede the SUB.
+    pub(crate) fn ensure_inbox(&self) -> Result<(), Error> {
+        if self.inbox_sid.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let mut subs = lock(&self.subs);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if self.inbox_sid.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let sid = self.alloc_sid();
+        let pattern = format!("{}.>", self.inbox_prefix);
+        self.enqueue_control(|b| encode_sub(b, sid, pattern.as_bytes(), b"").map_err(Error::from))?;
+        subs.insert(sid, SubEntry::new(SubKind::Inbox));
+        self.inbox_sid.store(sid, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes a subscription and tells the server, unless it already ended. Returns whether it
+    /// was still active.
+    pub(crate) fn remove_sub(&self, sid: u32) -> Result<bool, Error> {
+        let removed = lock(&self.subs).remove(&sid).is_some();
+        if removed && !self.is_closed() {
+            self.enqueue_control(|b| {
+                encode_unsub(b, sid, 0);
+                Ok(())
+            })?;
+        }
+        Ok(removed)
+    }
+
+    /// Starts a graceful close: nothing new is accepted; the writer sends what is buffered, shuts
+    /// the socket down and tears the connection down.
+    pub(crate) fn begin_close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut w = lock(&self.write);
+        if w.closed || w.closing {
+            return;
+        }
+        w.closing = true;
+        drop(w);
+        self.writer_wake.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Closes gracefully and waits until the connection is torn down, bounded by the request
+    /// timeout (then it is torn down at once and the unsent bytes dropped).
+    pub(crate) async fn close(&self) -> Result<(), Error> {
+        self.begin_close();
+        let after = self.settings.request_timeout;
+        let wait = async {
+            loop {
+                let notified = self.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.torn_down.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(after, wait).await.is_err() {
+            self.teardown(CloseReason::Closed, Origin::User);
+            return Err(Error::CloseTimeout { after });
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: fails every pending flush and request with `reason`, ends every
+    /// subscription stream (after the messages already in it), stops both tasks. Idempotent; the
+    /// first reason wins.
+    pub(crate) fn teardown(&self, reason: CloseReason, origin: Origin) {
+        let _ = self.close_reason.set(reason);
+        let reason = self
+            .close_reason
+            .get()
+            .cloned()
+            .unwrap_or(CloseReason::Closed);
+        self.closed.store(true, Ordering::Release);
+        let waiters = {
+            let mut w = lock(&self.write);
+            if w.closed {
+                return;
+            }
+            w.closed = true;
+            w.buf = BytesMut::new();
+            std::mem::take(&mut w.pong_waiters)
+        };
+        for tx in waiters {
+            let _ = tx.send(Err(reason.clone()));
+        }
+        self.writer_wake.notify_one();
+        self.drained.notify_waiters();
+        // Dropping the senders ends the streams once their buffered messages are read.
+        let subs = std::mem::take(&mut *lock(&self.subs));
+        drop(subs);
+        let requests = std::mem::take(&mut *lock(&self.requests));
+        for (_, tx) in requests {
+            let _ = tx.send(ReplyOutcome::Closed(reason.clone()));
+        }
+        if origin != Origin::Reader {
+            if let Some(h) = lock(&self.reader_task).take() {
+                h.abort();
+            }
+        }
+        if origin != Origin::Writer {
+            if let Some(h) = lock(&self.writer_task).take() {
+                h.abort();
+            }
+        }
+        self.torn_down.store(true, Ordering::Release);
+        self.done.notify_waiters();
+        tracing::debug!(
+            client_id = self.info.client_id,
+            ?reason,
+            "connection closed"
+        );
+    }
+
+    pub(crate) fn statistics(&self) -> Statistics {
+        let out_msgs = lock(&self.write).out_msgs;
+        Statistics {
+            out_msgs,
+            out_bytes: self.out_bytes.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            in_msgs: self.in_msgs.load(Ordering::Relaxed),
+            in_bytes: self.in_bytes.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Validates a publish or reply subject.
+pub(crate) fn check_literal(subject: &str) -> Result<(), Error> {
+    agentwire_protocol::validate_literal(subject.as_bytes()).map_err(|source| {
+        Error::InvalidSubject {
+            subject: subject.to_owned(),
+            source,
+        }
+    })
+}

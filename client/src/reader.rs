@@ -1,0 +1,261 @@
+//! The reader task: reads the socket in large chunks, decodes every complete frame and
+//! dispatches it.
+//!
+//! A MSG frame is split off the read buffer and frozen, and the message's subject, reply,
+//! headers and payload are slices of it: no copy, no per-message allocation beyond the channel's
+//! own. The subscription map is locked once per read batch, not per message. PONGs resolve flush
+//! waiters after the batch's messages are dispatched, so a flush returns only once everything the
+//! server sent before its PONG is in the subscribers' streams.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use agentwire_protocol::{
+    encode_pong, encode_unsub, flags, frame_len, op, parse_frame, DecodeError, Frame, MsgFrame,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+
+use crate::conn::{lock, Inner, Origin, ReplyOutcome, SubEntry, SubKind};
+use crate::error::{CloseReason, Error, ServerError};
+use crate::headers::Headers;
+use crate::message::Message;
+use crate::subject::Subject;
+
+/// Spare capacity below which the read buffer is grown before the next read.
+const MIN_SPARE: usize = 4096;
+
+/// Runs until EOF, a socket error, a malformed frame or a fatal ERR, then tears down.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    read_size: usize,
+) {
+    let max_frame = (inner.info.max_payload as usize)
+        .saturating_add(agentwire_protocol::FRAME_OVERHEAD_ALLOWANCE);
+    let reason = loop {
+        match process(&inner, &mut buf, max_frame) {
+            Ok(None) => {}
+            Ok(Some(fatal)) => {
+                tracing::warn!(error = %fatal, "server closed the connection");
+                break CloseReason::Server(fatal);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed frame from the server; closing");
+                break CloseReason::Closed;
+            }
+        }
+        if buf.capacity() - buf.len() < MIN_SPARE {
+            buf.reserve(read_size);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                tracing::debug!("server closed the connection (EOF)");
+                break CloseReason::Closed;
+            }
+            Ok(n) => {
+                inner.reads.fetch_add(1, Ordering::Relaxed);
+                inner.in_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed");
+                break CloseReason::Closed;
+            }
+        }
+    };
+    inner.teardown(reason, Origin::Reader);
+}
+
+/// Decodes and dispatches every complete frame in `buf`. Returns a fatal server error, if one
+/// arrived (frames after it are ignored: the server closes the connection).
+fn process(
+    inner: &Inner,
+    buf: &mut BytesMut,
+    max_frame: usize,
+) -> Result<Option<ServerError>, DecodeError> {
+    let mut subs = None;
+    let mut pings = 0usize;
+    let mut pongs = 0usize;
+    let mut msgs = 0u64;
+    let mut fatal = None;
+    while let Some(len) = frame_len(buf, max_frame)? {
+        if buf.len() < len {
+            // The length was checked against the limit: reserving for it is safe.
+            buf.reserve(len - buf.len());
+            break;
+        }
+        if buf[4] == op::MSG {
+            let frame = buf.split_to(len).freeze();
+            if let Frame::Msg(m) = parse_frame(&frame)? {
+                msgs += 1;
+                let subs = subs.get_or_insert_with(|| lock(&inner.subs));
+                dispatch(inner, subs, &frame, &m);
+            }
+            continue;
+        }
+        match parse_frame(&buf[..len])? {
+            Frame::Ping => pings += 1,
+            Frame::Pong => pongs += 1,
+            Frame::Err(e) => {
+                let err = ServerError::from_frame(&e);
+                if err.fatal {
+                    fatal = Some(err);
+                    buf.advance(len);
+                    break;
+                }
+                tracing::warn!(error = %err, "server error");
+                *lock(&inner.last_error) = Some(err);
+            }
+            Frame::Info(_) | Frame::Unknown { .. } => {}
+            other => tracing::debug!(op = other.op(), "ignoring a client-only frame"),
+        }
+        buf.advance(len);
+    }
+    drop(subs);
+    if msgs > 0 {
+        inner.in_msgs.fetch_add(msgs, Ordering::Relaxed);
+    }
+    if pings > 0 {
+        let _ = inner.enqueue_control(|b| {
+            for _ in 0..pings {
+                encode_pong(b);
+            }
+            Ok(())
+        });
+    }
+    if pongs > 0 {
+        let waiters: Vec<_> = {
+            let mut w = lock(&inner.write);
+            let n = pongs.min(w.pong_waiters.len());
+            w.pong_waiters.drain(..n).collect()
+        };
+        for tx in waiters {
+            let _ = tx.send(Ok(()));
+        }
+    }
+    Ok(fatal)
+}
+
+/// Delivers one MSG to its subscription; a MSG for an unknown sid (late, after an unsubscribe)
+/// is dropped.
+fn dispatch(inner: &Inner, subs: &mut FxHashMap<u32, SubEntry>, frame: &Bytes, m: &MsgFrame<'_>) {
+    let Some(entry) = subs.get_mut(&m.sid) else {
+        return;
+    };
+    match &entry.kind {
+        SubKind::Inbox => deliver_reply(inner, frame, m),
+        SubKind::Stream(tx) => {
+            // Counted even when the message is unusable, so the count agrees with the server's
+            // for auto-unsubscribe.
+            entry.delivered += 1;
+            let open = match build_message(frame, m) {
+                Some(msg) => tx.send(msg).is_ok(),
+                None => !tx.is_closed(),
+            };
+            let limit_reached = entry.max != 0 && entry.delivered >= entry.max;
+            if !open || limit_reached {
+                let server_limited = entry.server_limited;
+                subs.remove(&m.sid);
+                if limit_reached && !server_limited {
+                    let sid = m.sid;
+                    let _ = inner.enqueue_control(|b| {
+                        encode_unsub(b, sid, 0);
+                        Ok(())
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Hands a reply on the inbox (`<prefix>.<token>`) to the request waiting for it.
+fn deliver_reply(inner: &Inner, frame: &Bytes, m: &MsgFrame<'_>) {
+    let prefix = inner.inbox_prefix.as_bytes();
+    let token = m
+        .subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(b"."))
+        .and_then(parse_token);
+    let Some(token) = token else {
+        return;
+    };
+    let Some(tx) = lock(&inner.requests).remove(&token) else {
+        return; // timed out or cancelled
+    };
+    let outcome = if m.flags & flags::MSG_NO_RESPONDERS != 0 {
+        ReplyOutcome::NoResponders
+    } else {
+        match build_message(frame, m) {
+            Some(msg) => ReplyOutcome::Reply(msg),
+            None => ReplyOutcome::Closed(CloseReason::Closed),
+        }
+    };
+    let _ = tx.send(outcome);
+}
+
+/// A decimal request token.
+fn parse_token(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, &d| {
+        if d.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Builds a [`Message`] whose fields are slices of `frame`. `None` (and a warning) for a subject
+/// that is not ASCII; a malformed header block is dropped with a warning, the message kept.
+fn build_message(frame: &Bytes, m: &MsgFrame<'_>) -> Option<Message> {
+    let Some(subject) = Subject::from_wire(frame.slice_ref(m.subject)) else {
+        tracing::warn!(sid = m.sid, "dropping a message whose subject is not ASCII");
+        return None;
+    };
+    let reply = if m.reply.is_empty() {
+        None
+    } else {
+        let r = Subject::from_wire(frame.slice_ref(m.reply));
+        if r.is_none() {
+            tracing::warn!(sid = m.sid, "ignoring a reply subject that is not ASCII");
+        }
+        r
+    };
+    let headers = if m.headers.is_empty() {
+        None
+    } else {
+        match Headers::from_encoded(frame.slice_ref(m.headers)) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(sid = m.sid, error = %Error::from(e), "ignoring malformed headers");
+                None
+            }
+        }
+    };
+    Some(Message {
+        subject,
+        reply,
+        headers,
+        payload: frame.slice_ref(m.payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert_eq!(parse_token(b"0"), Some(0));
+        assert_eq!(parse_token(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_token(b"18446744073709551616"), None);
+        assert_eq!(parse_token(b""), None);
+        assert_eq!(parse_token(b"1a"), None);
+        assert_eq!(parse_token(b"+1"), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! [`Subscriber`]: the stream of messages of one subscription.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use agentwire_protocol::encode_unsub;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use crate::client::Client;
+use crate::conn::lock;
+use crate::error::Error;
+use crate::message::Message;
+
+/// The messages of one subscription, as a [`Stream`] (or with [`Subscriber::next`]).
+///
+/// The stream ends after the messages already received when the subscription ends: by
+/// [`Subscriber::unsubscribe`], the limit of [`Subscriber::unsubscribe_after`],
+/// [`Client::drain`], [`Client::close`], or the connection closing. Dropping a subscriber
+/// unsubscribes it. A subscriber keeps its connection open, like a [`Client`] clone.
+///
+/// Received messages wait in an unbounded queue until read: read them promptly (a server-side
+/// slow-consumer limit protects the broker, not this process's memory).
+#[derive(Debug)]
+pub struct Subscriber {
+    client: Client,
+    sid: u32,
+    subject: String,
+    rx: mpsc::UnboundedReceiver<Message>,
+    /// Messages this stream has yielded.
+    yielded: u64,
+    /// The stream ends once `yielded` reaches this (set by `unsubscribe_after`).
+    limit: Option<u64>,
+    /// Whether dropping this still has to unsubscribe.
+    active: bool,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        client: Client,
+        sid: u32,
+        subject: &str,
+        rx: mpsc::UnboundedReceiver<Message>,
+    ) -> Subscriber {
+        Subscriber {
+            client,
+            sid,
+            subject: subject.to_owned(),
+            rx,
+            yielded: 0,
+            limit: None,
+            active: true,
+        }
+    }
+
+    /// The subscription id on the wire.
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+
+    /// The subject or pattern subscribed to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The next message, or `None` once the subscription has ended and its received messages
+    /// were read.
+    pub async fn next(&mut self) -> Option<Message> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if self.limit.is_some_and(|l| self.yielded >= l) {
+            return Poll::Ready(None);
+        }
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &polled {
+            self.yielded += 1;
+        }
+        polled
+    }
+
+    /// Ends the subscription now. Messages already received can still be read from a stream
+    /// that is kept; this consumes the subscriber, so they are dropped here.
+    ///
+    /// Succeeds without doing anything when the subscription already ended.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the connection closed while the UNSUB was being queued.
+    pub async fn unsubscribe(mut self) -> Result<(), Error> {
+        self.active = false;
+        self.client.inner.remove_sub(self.sid).map(|_| ())
+    }
+
+    /// Ends the stream after `n` more messages (`0`: now, dropping any already received and not
+    /// yet read).
+    ///
+    /// "More" counts from what this stream has yielded so far. On the wire, the protocol's
+    /// UNSUB `max_msgs` counts every delivery to the subscription since it began, so the server
+    /// is told `yielded so far + n`; the client counts deliveries too and ends the stream after
+    /// exactly `n` more. Calling it again replaces the limit.
+    ///
+    /// Succeeds without doing anything when the subscription already ended.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let mut sub = client.subscribe("ticks").await?;
+    /// sub.unsubscribe_after(3).await?;
+    /// let mut got = 0;
+    /// while sub.next().await.is_some() {
+    ///     got += 1;
+    /// }
+    /// assert!(got <= 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`] if the connection closed while the UNSUB was being queued.
+    pub async fn unsubscribe_after(&mut self, n: u32) -> Result<(), Error> {
+        let limit = self.yielded + u64::from(n);
+        self.limit = Some(limit);
+        let inner = &*self.client.inner;
+        if n == 0 {
+            self.active = false;
+            return inner.remove_sub(self.sid).map(|_| ());
+        }
+        let mut subs = lock(&inner.subs);
+        let Some(entry) = subs.get_mut(&self.sid) else {
+            return Ok(());
+        };
+        entry.max = limit;
+        let sid = self.sid;
+        if entry.delivered >= limit {
+            // Enough messages are already queued here: end the subscription now.
+            subs.remove(&sid);
+            drop(subs);
+            self.active = false;
+            return inner.enqueue_control(|b| {
+                encode_unsub(b, sid, 0);
+                Ok(())
+            });
+        }
+        let server_limit = u32::try_from(limit).ok();
+        entry.server_limited = server_limit.is_some();
+        drop(subs);
+        match server_limit {
+            Some(max) => inner.enqueue_control(|b| {
+                encode_unsub(b, sid, max);
+                Ok(())
+            }),
+            // Past the protocol's 32-bit count: the reader unsubscribes when the limit is hit.
+            None => Ok(()),
+        }
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.get_mut().poll_message(cx)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = self.client.inner.remove_sub(self.sid);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The writer task: takes the whole write buffer at once and writes it to the socket, so many
+//! publishes share one syscall.
+//!
+//! Publishers append to the shared buffer and wake this task only when the buffer goes from
+//! empty to non-empty; while a write is in progress the next batch accumulates. The taken buffer
+//! is swapped with a cleared spare, so both allocations are reused.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::conn::{lock, Inner, Origin};
+use crate::error::CloseReason;
+
+/// Initial capacity of each of the two write buffers.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
+enum Step {
+    Write,
+    Wait,
+    Finish,
+    Stop,
+}
+
+/// Runs until a graceful close has written everything, the connection is torn down, or a write
+/// fails.
+pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
+    let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
+    loop {
+        let step = {
+            let mut w = lock(&inner.write);
+            if w.closed {
+                Step::Stop
+            } else if !w.buf.is_empty() {
+                std::mem::swap(&mut w.buf, &mut out);
+                w.in_flight = out.len();
+                Step::Write
+            } else if w.closing {
+                Step::Finish
+            } else {
+                Step::Wait
+            }
+        };
+        match step {
+            Step::Stop => return,
+            Step::Wait => inner.writer_wake.notified().await,
+            Step::Finish => {
+                let _ = wr.shutdown().await;
+                inner.teardown(CloseReason::Closed, Origin::Writer);
+                return;
+            }
+            Step::Write => {
+                if let Err(e) = wr.write_all(&out).await {
+                    tracing::debug!(error = %e, "write failed");
+                    inner.teardown(CloseReason::Closed, Origin::Writer);
+                    return;
+                }
+                inner.writes.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .out_bytes
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                out.clear();
+                lock(&inner.write).in_flight = 0;
+                inner.drained.notify_waiters();
+            }
+        }
+    }
+}
