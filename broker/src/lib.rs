@@ -1,10 +1,10 @@
 //! agentwire-broker: the shard-per-core message broker behind the `agentwire` binary.
 //!
-//! - [`config`]: configuration, limits and their defaults (TOML file + flags).
-//! - [`server`]: start-up, the acceptor, shutdown.
-//! - `shard`: one thread and event loop per shard; connections, batching, cross-shard queues.
-//! - [`routing`]: the subject trie snapshots, the per-shard match cache, queue groups.
-//! - [`stats`]: counters.
+//! - [`config`] — configuration, limits and their defaults (TOML file + flags).
+//! - [`server`] — start-up, the acceptor, shutdown.
+//! - `shard` — one thread and event loop per shard; connections, batching, cross-shard queues.
+//! - [`routing`] — the subject trie snapshots, the per-shard match cache, queue groups.
+//! - [`stats`] — counters.
 //!
 //! ```no_run
 //! let handle = agentwire_broker::server::start(agentwire_broker::config::Config::default())?;

@@ -56,11 +56,11 @@ async fn run() -> Result<(), Error> {
         println!("{word} -> {}", String::from_utf8_lossy(&reply.payload));
     }
     match requester
-        .request("demo.nobody", "anyone?", Duration::from_secs(2))
+        .request("nobody.home", "anyone?", Duration::from_secs(2))
         .await
     {
         Err(Error::NoResponders { subject }) => println!("no responders on {subject}, as expected"),
-        other => println!("demo.nobody: {other:?}"),
+        other => println!("nobody.home: {other:?}"),
     }
     requester.drain().await?;
     service.drain().await

@@ -141,8 +141,8 @@ impl MatchCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SubTarget;
     use super::*;
-    use crate::routing::SubTarget;
 
     fn t(conn: u64, sid: u32) -> SubTarget {
         SubTarget {
@@ -237,5 +237,49 @@ mod tests {
             three.lookup(&table, format!("{i}").as_bytes());
             assert!(three.len() <= 3);
         }
+    }
+
+    /// Prints rough lookup costs; not a pass/fail test. Run with
+    /// `cargo test --release -- --ignored --nocapture lookup_timing_report`.
+    #[test]
+    #[ignore = "timing report, not a check"]
+    fn lookup_timing_report() {
+        use std::time::Instant;
+        let table = RoutingTable::new();
+        for i in 0..100_000u32 {
+            let (pattern, queue) = match i % 4 {
+                0 => (format!("_INBOX.{i}"), None),
+                1 => (format!("svc.{}.req.{i}", i % 100), None),
+                2 => (format!("events.{}.*", i % 1000), Some(&b"workers"[..])),
+                _ => (format!("logs.{}.>", i % 100), None),
+            };
+            table.insert(pattern.as_bytes(), queue, t(u64::from(i), 1));
+        }
+        let subjects: Vec<String> = (0..1_000u32)
+            .map(|i| match i % 3 {
+                0 => format!("_INBOX.{}", i * 4),
+                1 => format!("svc.{}.req.{}", i % 100, i),
+                _ => format!("events.{}.created", i),
+            })
+            .collect();
+        let rounds = 200;
+        let start = Instant::now();
+        let mut reached = 0usize;
+        for _ in 0..rounds {
+            for subject in &subjects {
+                reached += table.match_subject(subject.as_bytes()).delivery_count();
+            }
+        }
+        let uncached = start.elapsed() / (rounds * subjects.len() as u32);
+        let mut cache = MatchCache::new(4_096);
+        let start = Instant::now();
+        for _ in 0..rounds {
+            for subject in &subjects {
+                reached += cache.lookup(&table, subject.as_bytes()).delivery_count();
+            }
+        }
+        let cached = start.elapsed() / (rounds * subjects.len() as u32);
+        eprintln!("uncached match: {uncached:?}/lookup, cached: {cached:?}/lookup ({reached})");
+        assert_eq!(cache.stats().misses, subjects.len() as u64);
     }
 }

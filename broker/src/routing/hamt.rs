@@ -1,12 +1,13 @@
 //! [`HashTrie`]: a small persistent hash array mapped trie, the large form of a trie node's
-//! children.
+//! children and of its subscription sets.
 //!
 //! Every change to the routing table copies the path it touches, so what matters for a node with
-//! thousands of children (`_INBOX.<id>`, `orders.<id>`) is how much one insert copies and later
-//! frees. A `imbl::OrdMap` path is about three 64-key B-tree nodes, and `imbl`'s generic chunk
-//! code is slow in unoptimized builds; profiling the 100,000-insert test showed those copies
-//! dominating. This trie copies at most 32 compact slots per level, about log32(n) levels, and
-//! its code is plain `Vec` and `Arc` work.
+//! thousands of children (`_INBOX.<id>`, `orders.<id>`) or subscribers (`broadcast.>`) is how
+//! much one insert copies and later frees. An `imbl::OrdMap` path is two or three 64-key B-tree
+//! nodes whose every key is cloned, and `imbl`'s generic chunk code is slow in unoptimized
+//! builds: profiling the 100,000-insert test showed those copies dominating (about twice the
+//! instructions of this trie in a debug build). This trie copies at most 32 slots per level, each
+//! a single `Arc`, over about log32(n) levels.
 //!
 //! Keys are hashed with SipHash under one random key per process (`RandomState`), so clients
 //! choosing subject tokens cannot aim collisions at it. Five hash bits pick the slot at each
@@ -126,7 +127,9 @@ impl<K: Eq + Clone, V: Clone> Bucket<K, V> {
 /// reference counts.
 #[derive(Clone, Debug)]
 struct Leaf<K, V> {
+    /// The full hash of every key in `bucket`.
     hash: u64,
+    /// The entries.
     bucket: Bucket<K, V>,
 }
 
@@ -151,7 +154,9 @@ impl<K, V> Slot<K, V> {
 /// One level: a bitmap of occupied slots and the occupied slots in bit order.
 #[derive(Clone, Debug)]
 struct HNode<K, V> {
+    /// Bit `i` is set when the slot for hash bits `i` at this level is occupied.
     bitmap: u32,
+    /// The occupied slots, in bit order: `slots.len() == bitmap.count_ones()`.
     slots: Vec<Slot<K, V>>,
 }
 
@@ -167,7 +172,9 @@ impl<K, V> Default for HNode<K, V> {
 /// A persistent hash map: clones share structure, changes copy one path.
 #[derive(Clone, Debug)]
 pub(super) struct HashTrie<K, V> {
+    /// The first level (shared with other versions until changed).
     root: Arc<HNode<K, V>>,
+    /// Number of entries.
     len: usize,
 }
 
@@ -407,14 +414,11 @@ fn split<K, V>(a: Slot<K, V>, hash_a: u64, b: Slot<K, V>, hash_b: u64, shift: u3
 }
 
 /// Removes below `node` (already unshared); folds branches left with a single leaf.
-fn remove_at<K: Eq + Clone, V: Clone, Q: Eq + ?Sized>(
-    node: &mut HNode<K, V>,
-    shift: u32,
-    hash: u64,
-    key: &Q,
-) -> Option<V>
+fn remove_at<K, V, Q>(node: &mut HNode<K, V>, shift: u32, hash: u64, key: &Q) -> Option<V>
 where
-    K: Borrow<Q>,
+    K: Eq + Clone + Borrow<Q>,
+    V: Clone,
+    Q: Eq + ?Sized,
 {
     let bit = bit_at(hash, shift);
     if node.bitmap & bit == 0 {

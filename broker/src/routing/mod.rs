@@ -11,8 +11,9 @@
 //! - **Writers serialize on a mutex and copy paths.** A change clones only the nodes on the path
 //!   from the root to the changed slot (`Arc::make_mut`); every other subtree is shared with the
 //!   previous snapshot. Inside a node, children and subscription sets are persistent maps
-//!   (`pmap`: a small sorted slice, or an `imbl::OrdMap` once large), so a change costs
-//!   O(depth · log n), never O(total subscriptions).
+//!   (`pmap`: a small sorted slice, and once large a hash array mapped trie, `hamt`; queue
+//!   names use `imbl::OrdMap`), so a change costs O(depth · log n), never O(total
+//!   subscriptions). Literal tokens are stored inline when short (`token`).
 //! - **Publish, then bump the generation.** After storing the new snapshot the writer increments
 //!   an `AtomicU64` generation with `Release` ordering. A reader that loads the generation with
 //!   `Acquire` and then loads the snapshot sees a snapshot at least as new as that generation.
@@ -65,8 +66,8 @@ pub struct SubTarget {
 /// The result of matching one literal subject.
 ///
 /// Order inside `plain`, inside each group's `members` and of `groups` is deterministic for a
-/// given table content (groups are sorted by name), but callers should not rely on anything
-/// else about it.
+/// given table content within one process (groups are sorted by name); callers should not
+/// rely on anything else about it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MatchSet {
     /// Plain subscriptions, each of which gets a copy: one entry per matching subscription (a

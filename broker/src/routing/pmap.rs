@@ -9,10 +9,10 @@
 //! with structural sharing. It turns back into a slice when it shrinks to half that size (the
 //! gap avoids flapping between the two forms). The empty map allocates nothing.
 //!
-//! The large form is chosen per use ([`Large`]): an `imbl::OrdMap` where iteration order
-//! matters (subscription sets, whose order shows in match results), the crate's own
-//! [`HashTrie`] for trie children, which are only ever looked up and are where large fan-outs
-//! live (see `hamt` for why).
+//! The large form is chosen per use ([`Large`]): the module's own [`HashTrie`] for trie
+//! children and subscription sets, where large maps live and every insert copies a path (see
+//! `hamt` for why not a B-tree), and an `imbl::OrdMap` for the queue names of one pattern,
+//! which are few and whose sorted order keeps match results tidy.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -137,25 +137,20 @@ impl<K: Hash + Eq + Clone, V: Clone> Large<K, V> for HashTrie<K, V> {
     }
 }
 
-/// A persistent map (sorted while small). Invariant: `Small` holds 1..=[`SMALL_MAX`] entries sorted by key;
-/// `Large` holds more than [`SHRINK_TO_SMALL`] entries.
+/// A persistent map, sorted while small. Invariant: `Small` holds 1..=[`SMALL_MAX`] entries
+/// sorted by key; `Large` holds more than [`SHRINK_TO_SMALL`] entries.
 ///
-/// `L` is the large form: an ordered `OrdMap` by default, or a `HashTrie` when iteration order
-/// does not matter.
-#[derive(Clone)]
+/// `L` is the large form: an ordered `OrdMap` by default, or a `HashTrie`, which iterates in
+/// an order fixed by the content and the process's hash key.
+#[derive(Clone, Default)]
 pub(super) enum PMap<K, V, L = OrdMap<K, V>> {
     /// No entries.
+    #[default]
     Empty,
     /// Few entries, sorted by key, copied on change.
     Small(Arc<[(K, V)]>),
     /// Many entries: a persistent map.
     Large(L),
-}
-
-impl<K, V, L> Default for PMap<K, V, L> {
-    fn default() -> Self {
-        PMap::Empty
-    }
 }
 
 impl<K, V, L> fmt::Debug for PMap<K, V, L>

@@ -124,7 +124,7 @@ proptest! {
         check_all(&table, &mut cache, &model, &subjects)?;
 
         // Remove half the picks one by one (some twice), the other half in one batch.
-        let picks: Vec<Sub> = removals.iter().map(|i| subs.get(i.index(subs.len().max(1))).cloned()).flatten().collect();
+        let picks: Vec<Sub> = removals.iter().filter_map(|i| subs.get(i.index(subs.len().max(1))).cloned()).collect();
         let (single, batch) = picks.split_at(picks.len() / 2);
         for (pattern, queue, target) in single {
             let was_present = model.remove(&(pattern.clone(), queue.clone(), *target));

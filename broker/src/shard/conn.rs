@@ -669,20 +669,23 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
     let deadline = limits.write_deadline();
     let mut spare = BytesMut::with_capacity(16 << 10);
     loop {
-        let buf = {
+        let next = {
             let mut st = conn.st.borrow_mut();
             if st.out.is_empty() {
                 if st.closing {
                     break;
                 }
-                drop(st);
-                conn.wake_writer.notified().await;
-                continue;
+                None
+            } else {
+                let b = std::mem::replace(&mut st.out, std::mem::take(&mut spare));
+                st.inflight = b.len();
+                st.last_progress = Instant::now();
+                Some(b)
             }
-            let b = std::mem::replace(&mut st.out, std::mem::take(&mut spare));
-            st.inflight = b.len();
-            st.last_progress = Instant::now();
-            b
+        };
+        let Some(buf) = next else {
+            conn.wake_writer.notified().await;
+            continue;
         };
         let mut pos = 0usize;
         while pos < buf.len() {

@@ -17,11 +17,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A config for tests: loopback, ephemeral port, `shards` shards.
 pub fn config(shards: usize) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().expect("literal address");
-    c.shards = shards;
-    c.shutdown_grace_ms = 1000;
-    c
+    Config {
+        listen: "127.0.0.1:0".parse().expect("literal address"),
+        shards,
+        shutdown_grace_ms: 1000,
+        ..Config::default()
+    }
 }
 
 /// Starts a broker with `cfg`.
