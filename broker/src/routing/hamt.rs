@@ -485,7 +485,9 @@ mod tests {
             assert_eq!(trie.insert(i, i), None);
         }
         assert_eq!(trie.len(), 10_000);
-        assert!(trie.depth() <= 6, "depth {}", trie.depth());
+        // Typically 4 to 6 levels; a depth of 10 needs two of the 10,000 keys to share their
+        // first 45 hash bits (odds about 1 in 10^6).
+        assert!(trie.depth() < 10, "depth {}", trie.depth());
         for i in 0..10_000u32 {
             assert_eq!(trie.get(&i), Some(&i));
         }

@@ -56,9 +56,16 @@ fn expected(
     (plain, groups)
 }
 
-/// A valid pattern: tokens from a small alphabet plus `*`, optionally ending in `>`.
-fn pattern() -> impl Strategy<Value = Vec<u8>> {
-    let token = prop_oneof![Just("a"), Just("b"), Just("c"), Just("*")];
+/// Literal tokens for patterns and subjects; a test uses the first few.
+static TOKENS: [&str; 24] = [
+    "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s",
+    "t", "u", "v", "w", "x",
+];
+
+/// A valid pattern: tokens from the first `width` of [`TOKENS`] plus `*`, optionally ending in
+/// `>`.
+fn pattern(width: usize) -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![3 => prop::sample::select(&TOKENS[..width]), 1 => Just("*")];
     (proptest::collection::vec(token, 0..4), any::<bool>()).prop_filter_map(
         "a pattern has at least one token",
         |(tokens, full)| {
@@ -72,19 +79,34 @@ fn pattern() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// A literal subject over the same alphabet.
-fn literal() -> impl Strategy<Value = Vec<u8>> {
-    let token = prop_oneof![Just("a"), Just("b"), Just("c")];
-    proptest::collection::vec(token, 1..6).prop_map(|tokens| tokens.join(".").into_bytes())
+fn literal(width: usize, max_tokens: usize) -> impl Strategy<Value = Vec<u8>> {
+    let token = prop::sample::select(&TOKENS[..width]);
+    proptest::collection::vec(token, 1..=max_tokens)
+        .prop_map(|tokens| tokens.join(".").into_bytes())
 }
 
-fn sub() -> impl Strategy<Value = Sub> {
+/// A subscription: pattern, optional queue (`q1`, `q2`), target among `conns` connections.
+fn sub(patterns: BoxedStrategy<Vec<u8>>, conns: u64) -> impl Strategy<Value = Sub> {
     let queue = prop_oneof![
         Just(None),
         Just(Some(b"q1".to_vec())),
         Just(Some(b"q2".to_vec()))
     ];
-    (pattern(), queue, 0u16..2, 0u64..3, 0u32..3)
+    (patterns, queue, 0u16..2, 0..conns, 0u32..3)
         .prop_map(|(p, q, shard, conn, sid)| (p, q, SubTarget { shard, conn, sid }))
+}
+
+/// Few tokens, few targets: dense overlaps between wildcards.
+fn narrow_sub() -> impl Strategy<Value = Sub> {
+    sub(pattern(3).boxed(), 3)
+}
+
+/// Many tokens and targets, and half the subscriptions on two hot patterns (about 25 per set),
+/// so that children maps and subscription sets grow past the small form into hash tries, and
+/// shrink back as removals go on.
+fn wide_sub() -> impl Strategy<Value = Sub> {
+    let hot = prop::sample::select(vec![">", "a.*"]).prop_map(|p| p.as_bytes().to_vec());
+    sub(prop_oneof![1 => pattern(24), 1 => hot].boxed(), 40)
 }
 
 /// Checks table and cache against the model on every subject.
@@ -105,43 +127,64 @@ fn check_all(
     Ok(())
 }
 
+/// Inserts `subs`, checks every subject; removes picks one by one (some twice), checks;
+/// removes the rest of the picks in one batch, checks.
+fn model_round_trip(
+    subs: &[Sub],
+    subjects: &[Vec<u8>],
+    removals: &[prop::sample::Index],
+) -> Result<(), TestCaseError> {
+    let table = RoutingTable::new();
+    let mut cache = MatchCache::new(8);
+    let mut model = BTreeSet::new();
+    for (pattern, queue, target) in subs {
+        table.insert(pattern, queue.as_deref(), *target);
+        model.insert((pattern.clone(), queue.clone(), *target));
+    }
+    check_all(&table, &mut cache, &model, subjects)?;
+
+    let picks: Vec<Sub> = removals
+        .iter()
+        .filter_map(|i| subs.get(i.index(subs.len().max(1))).cloned())
+        .collect();
+    let (single, batch) = picks.split_at(picks.len() / 2);
+    for (pattern, queue, target) in single {
+        let was_present = model.remove(&(pattern.clone(), queue.clone(), *target));
+        prop_assert_eq!(
+            table.remove(pattern, queue.as_deref(), *target),
+            was_present
+        );
+    }
+    check_all(&table, &mut cache, &model, subjects)?;
+
+    let batch_removed = batch.iter().filter(|item| model.remove(*item)).count();
+    let generation = table.generation();
+    let removed = table.remove_many(batch.iter().map(|(p, q, t)| (&p[..], q.as_deref(), *t)));
+    prop_assert_eq!(removed, batch_removed);
+    prop_assert_eq!(table.generation(), generation + u64::from(removed > 0));
+    check_all(&table, &mut cache, &model, subjects)?;
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn agrees_with_reference_matcher(
-        subs in proptest::collection::vec(sub(), 0..40),
-        subjects in proptest::collection::vec(literal(), 1..20),
+        subs in proptest::collection::vec(narrow_sub(), 0..40),
+        subjects in proptest::collection::vec(literal(3, 5), 1..20),
         removals in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
     ) {
-        let table = RoutingTable::new();
-        let mut cache = MatchCache::new(8);
-        let mut model = BTreeSet::new();
-        for (pattern, queue, target) in &subs {
-            table.insert(pattern, queue.as_deref(), *target);
-            model.insert((pattern.clone(), queue.clone(), *target));
-        }
-        check_all(&table, &mut cache, &model, &subjects)?;
+        model_round_trip(&subs, &subjects, &removals)?;
+    }
 
-        // Remove half the picks one by one (some twice), the other half in one batch.
-        let picks: Vec<Sub> = removals.iter().filter_map(|i| subs.get(i.index(subs.len().max(1))).cloned()).collect();
-        let (single, batch) = picks.split_at(picks.len() / 2);
-        for (pattern, queue, target) in single {
-            let was_present = model.remove(&(pattern.clone(), queue.clone(), *target));
-            prop_assert_eq!(table.remove(pattern, queue.as_deref(), *target), was_present);
-        }
-        check_all(&table, &mut cache, &model, &subjects)?;
-        let mut batch_removed = 0;
-        for item in batch {
-            if model.remove(item) {
-                batch_removed += 1;
-            }
-        }
-        let generation = table.generation();
-        let removed = table.remove_many(batch.iter().map(|(p, q, t)| (&p[..], q.as_deref(), *t)));
-        prop_assert_eq!(removed, batch_removed);
-        prop_assert_eq!(table.generation(), generation + u64::from(removed > 0));
-        check_all(&table, &mut cache, &model, &subjects)?;
+    #[test]
+    fn agrees_with_reference_matcher_on_large_maps(
+        subs in proptest::collection::vec(wide_sub(), 100..300),
+        subjects in proptest::collection::vec(literal(24, 3), 1..30),
+        removals in proptest::collection::vec(any::<prop::sample::Index>(), 0..300),
+    ) {
+        model_round_trip(&subs, &subjects, &removals)?;
     }
 
     #[test]
