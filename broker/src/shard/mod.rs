@@ -251,6 +251,12 @@ impl Shard {
             }
         }
         bump(&self.counters.cross, 1);
+        self.push_or_stash(dst, r, stash);
+    }
+
+    /// Pushes to `dst`'s queue unless that queue is blocked (full, or holding back earlier
+    /// stashed messages); otherwise appends to the stash and marks `dst` blocked.
+    fn push_or_stash(&self, dst: u16, r: Remote, stash: &mut Stash) {
         if stash.blocked(dst) {
             stash.items.push((dst, r));
             return;
@@ -308,15 +314,7 @@ impl Shard {
             stash.clear_blocks();
             let items = std::mem::take(&mut stash.items);
             for (dst, r) in items {
-                if stash.blocked(dst) {
-                    stash.items.push((dst, r));
-                    continue;
-                }
-                let q = &self.global.shards[dst as usize].inbound[self.id as usize];
-                if let Err(r) = q.push(r) {
-                    stash.block(dst);
-                    stash.items.push((dst, r));
-                }
+                self.push_or_stash(dst, r, stash);
             }
             for &d in &stash.blocked_list {
                 self.global.shards[d as usize].wake.notify_one();
