@@ -86,7 +86,8 @@ pub struct Config {
     pub limits: Limits,
     /// Bytes read from a socket per read call, at least (default 64 KiB).
     pub read_buffer: usize,
-    /// Capacity, in messages, of each shard-to-shard queue (default 65,536).
+    /// Capacity of each shard-to-shard queue, in batches (one batch = the messages one read of
+    /// one connection sends to that shard; default 1,024).
     pub cross_shard_queue: usize,
     /// Entries in each shard's subject match cache (default 16,384).
     pub match_cache: usize,
@@ -103,7 +104,7 @@ impl Default for Config {
             shards: 0,
             limits: Limits::default(),
             read_buffer: 64 << 10,
-            cross_shard_queue: 65_536,
+            cross_shard_queue: 1024,
             match_cache: 16_384,
             shutdown_grace_ms: 5_000,
         }

@@ -295,3 +295,39 @@ async fn one_million_128_byte_messages_across_shards() {
     assert_eq!(stats.slow_consumers, 0);
     assert_eq!(stats.dropped, 0);
 }
+
+/// With the smallest cross-shard queue the publisher's reader must wait for room (never drop):
+/// everything still arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cross_shard_queue_applies_backpressure_without_loss() {
+    let mut cfg = config(2);
+    cfg.cross_shard_queue = 16;
+    let server = start(cfg);
+    let publisher = connect(server.local_addr()).await;
+    let subscriber = connect(server.local_addr()).await;
+    let mut sub = subscriber.subscribe("q").await.expect("subscribe");
+    subscriber.flush().await.expect("flush");
+    const N: u64 = 200_000;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let m = tokio::time::timeout(WAIT, sub.next())
+                .await
+                .expect("message within the wait")
+                .expect("open");
+            assert_eq!(&m.payload[..8], &i.to_le_bytes(), "message {i} in order");
+            if i % 50_000 == 0 {
+                // A brief pause lets the queue fill up behind this subscriber.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    for i in 0..N {
+        publisher
+            .publish("q", Bytes::copy_from_slice(&i.to_le_bytes()))
+            .await
+            .expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    reader.await.expect("all delivered in order");
+    assert_eq!(server.stats().dropped, 0);
+}

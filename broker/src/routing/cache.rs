@@ -75,6 +75,24 @@ impl MatchCache {
     /// The match result for a literal subject, from the cache if it is current, else from
     /// `table` (and then cached).
     pub fn lookup(&mut self, table: &RoutingTable, subject: &[u8]) -> Rc<MatchSet> {
+        match self.lookup_valid(table, subject, |_| Ok::<(), std::convert::Infallible>(())) {
+            Ok(found) => found,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`MatchCache::lookup`], but runs `validate` on the subject first when it is not
+    /// cached: a cached subject was valid when it was cached, so the hot path skips validation.
+    /// An invalid subject is not cached.
+    ///
+    /// # Errors
+    /// Whatever `validate` returns for an uncached subject.
+    pub fn lookup_valid<E>(
+        &mut self,
+        table: &RoutingTable,
+        subject: &[u8],
+        validate: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Rc<MatchSet>, E> {
         let generation = table.generation();
         if generation != self.generation {
             self.hot.clear();
@@ -83,19 +101,20 @@ impl MatchCache {
         }
         if let Some(found) = self.hot.get(subject) {
             self.stats.hits += 1;
-            return Rc::clone(found);
+            return Ok(Rc::clone(found));
         }
         if let Some((key, found)) = self.cold.remove_entry(subject) {
             self.stats.hits += 1;
             self.insert_hot(key, Rc::clone(&found));
-            return found;
+            return Ok(found);
         }
+        validate(subject)?;
         self.stats.misses += 1;
         let found = Rc::new(table.match_subject(subject));
         if self.capacity > 0 {
             self.insert_hot(Box::from(subject), Rc::clone(&found));
         }
-        found
+        Ok(found)
     }
 
     /// Number of cached subjects.
@@ -218,6 +237,26 @@ mod tests {
             assert!(Rc::ptr_eq(&hot, &cache.lookup(&table, hot_subject)));
         }
         assert_eq!(cache.stats().misses, 1001);
+    }
+
+    #[test]
+    fn lookup_valid_validates_only_misses_and_never_caches_invalid() {
+        let table = RoutingTable::new();
+        table.insert(b"a.*", None, t(1, 1));
+        let mut cache = MatchCache::new(16);
+        let calls = std::cell::Cell::new(0);
+        let check = |s: &[u8]| {
+            calls.set(calls.get() + 1);
+            agentwire_protocol::validate_literal(s)
+        };
+        assert!(cache.lookup_valid(&table, b"a.*", check).is_err());
+        assert!(cache.is_empty(), "an invalid subject is not cached");
+        let first = cache.lookup_valid(&table, b"a.b", check).expect("valid");
+        let again = cache.lookup_valid(&table, b"a.b", check).expect("valid");
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(calls.get(), 2, "the hit skipped validation");
+        assert!(cache.lookup_valid(&table, b"a.*", check).is_err());
+        assert_eq!(calls.get(), 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::{bump, Remote, Shard, Stash};
+use super::{bump, Shard, Stash};
 use crate::routing::SubTarget;
 use crate::stats::ShardStats;
 
@@ -303,6 +303,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf) ->
                 fatal = Some(e);
             }
         }
+        shard.flush_staged(&mut stash);
         if let Some(e) = fatal {
             conn.send_err(shard, e.code(), &e.to_string());
             shard.flush();
@@ -311,6 +312,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf) ->
         }
         if conn.st.borrow().closing {
             shard.flush();
+            shard.push_stash(&mut stash).await;
             return "closed by server".into();
         }
         let congested = shard.flush();
@@ -440,14 +442,6 @@ fn publish(
         );
         return;
     }
-    if let Err(e) = proto::validate_literal(p.subject) {
-        conn.send_err(
-            shard,
-            ErrorCode::InvalidSubject,
-            &format!("invalid publish subject {}: {e}; dropped", show(p.subject)),
-        );
-        return;
-    }
     if !p.reply.is_empty() {
         if let Err(e) = proto::validate_literal(p.reply) {
             conn.send_err(
@@ -468,34 +462,47 @@ fn publish(
             return;
         }
     }
+    // The subject is validated only when it is not in the match cache (cached ones were valid).
+    let found = shard.cache.borrow_mut().lookup_valid(
+        &shard.global.routing,
+        p.subject,
+        proto::validate_literal,
+    );
+    let matches = match found {
+        Ok(m) => m,
+        Err(e) => {
+            conn.send_err(
+                shard,
+                ErrorCode::InvalidSubject,
+                &format!("invalid publish subject {}: {e}; dropped", show(p.subject)),
+            );
+            return;
+        }
+    };
     bump(&shard.counters.msgs_in, 1);
     bump(&shard.counters.bytes_in, body as u64);
-    let frame = &batch[at..at + len];
-    let matches = shard
-        .cache
-        .borrow_mut()
-        .lookup(&shard.global.routing, p.subject);
     if matches.is_empty() {
         if !p.reply.is_empty() && rs.no_responders {
             no_responders(shard, p.reply, stash);
         }
         return;
     }
-    let view = || batch.slice(at..at + len);
-    route(shard, &matches, 0, frame, &view, stash);
+    route(shard, &matches, 0, batch, at, len, stash);
 }
 
-/// Delivers one message to every plain match and one member of each queue group.
+/// Delivers one message (the PUB frame at `at..at + len` of `src`) to every plain match and
+/// one member of each queue group.
 fn route(
     shard: &Shard,
     matches: &crate::routing::MatchSet,
     msg_flags: u8,
-    frame: &[u8],
-    view: &dyn Fn() -> Bytes,
+    src: &Bytes,
+    at: usize,
+    len: usize,
     stash: &mut Stash,
 ) {
     for t in &matches.plain {
-        deliver(shard, *t, msg_flags, frame, view, stash);
+        deliver(shard, *t, msg_flags, src, at, len, stash);
     }
     for g in &matches.groups {
         let n = g.members.len();
@@ -508,7 +515,7 @@ fn route(
         // closing refuses; a remote one is assumed to take it).
         for k in 0..n {
             let t = g.members[(start as usize + k) % n];
-            if deliver(shard, t, msg_flags, frame, view, stash) {
+            if deliver(shard, t, msg_flags, src, at, len, stash) {
                 break;
             }
         }
@@ -519,23 +526,15 @@ fn deliver(
     shard: &Shard,
     t: SubTarget,
     msg_flags: u8,
-    frame: &[u8],
-    view: &dyn Fn() -> Bytes,
+    src: &Bytes,
+    at: usize,
+    len: usize,
     stash: &mut Stash,
 ) -> bool {
     if t.shard == shard.id {
-        shard.deliver_local(t.conn, t.sid, msg_flags, frame)
+        shard.deliver_local(t.conn, t.sid, msg_flags, &src[at..at + len])
     } else {
-        shard.push_remote(
-            t.shard,
-            Remote {
-                conn: t.conn,
-                sid: t.sid,
-                flags: msg_flags,
-                frame: view(),
-            },
-            stash,
-        );
+        shard.stage_remote(t.shard, src, at, len, t.conn, t.sid, msg_flags, stash);
         true
     }
 }
@@ -552,13 +551,13 @@ fn no_responders(shard: &Shard, reply: &[u8], stash: &mut Stash) {
         .cache
         .borrow_mut()
         .lookup(&shard.global.routing, reply);
-    let view = || frame.clone();
     route(
         shard,
         &matches,
         flags::MSG_NO_RESPONDERS,
         &frame,
-        &view,
+        0,
+        frame.len(),
         stash,
     );
 }

@@ -3,7 +3,7 @@
 //!
 //! A published message is routed on the shard that read it. Subscribers on the same shard get
 //! the MSG appended straight into their outbound buffer; subscribers on another shard get a
-//! [`Remote`] pushed into the bounded lock-free queue for that shard pair, carrying the PUB frame
+//! [`RemoteBatch`] pushed into the bounded lock-free queue for that shard pair, carrying the PUB frame
 //! as a refcounted `Bytes` view of the read buffer (no copy). The receiving shard drains its
 //! queues in batches ([`drain`]) and wakes at most once per batch of the sender.
 //!
@@ -32,17 +32,31 @@ use crate::routing::{MatchCache, RoutingTable, SubTarget};
 use crate::stats::ShardStats;
 use conn::Conn;
 
-/// A message handed from one shard to another for one subscription.
+/// Messages handed from one shard to another: a refcounted view of one read batch of the
+/// publisher (no copy) and, per delivery, where its PUB frame lies in it and who gets it. One
+/// batch per (read batch, destination shard): one queue push and one refcount per batch, not
+/// per message.
 #[derive(Debug)]
-pub(crate) struct Remote {
+pub(crate) struct RemoteBatch {
+    /// The bytes the items point into (the publisher's read batch, or a synthesized frame).
+    pub frames: Bytes,
+    /// The deliveries, in order.
+    pub items: Vec<RemoteItem>,
+}
+
+/// One delivery in a [`RemoteBatch`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteItem {
     /// Target connection (owned by the receiving shard).
     pub conn: u64,
+    /// Offset of the PUB frame in the batch's bytes.
+    pub off: u32,
+    /// Length of the PUB frame.
+    pub len: u32,
     /// Target subscription.
     pub sid: u32,
     /// MSG flag bits.
     pub flags: u8,
-    /// The complete PUB frame (a view of the publisher's read buffer).
-    pub frame: Bytes,
 }
 
 /// The part of a shard that other threads touch: its inbound queues, its wake-ups, its counters.
@@ -50,9 +64,9 @@ pub(crate) struct Remote {
 pub struct ShardHandle {
     /// Shard index.
     pub id: u16,
-    /// `inbound[src]`: messages from shard `src` to this shard. Single producer (shard `src`),
+    /// `inbound[src]`: batches from shard `src` to this shard. Single producer (shard `src`),
     /// single consumer (this shard).
-    inbound: Box<[ArrayQueue<Remote>]>,
+    inbound: Box<[ArrayQueue<RemoteBatch>]>,
     /// Wakes this shard's drain task; peers notify it once per batch they pushed.
     wake: Notify,
     /// Wakes this shard's readers waiting for room in a full queue they feed.
@@ -139,6 +153,8 @@ pub(crate) struct Shard {
     /// Peer shards given messages since the last flush (and a flag per shard to dedupe).
     peers_touched: RefCell<Vec<u16>>,
     peer_flag: RefCell<Vec<bool>>,
+    /// Per destination shard, the batch being filled during the current read batch.
+    staging: RefCell<Vec<Option<RemoteBatch>>>,
     pub counters: LocalCounters,
     /// Set when a delivery took a connection past the soft pending limit; the drain loop ends
     /// its batch early then, to pace before buffering more.
@@ -163,6 +179,7 @@ impl Shard {
             touched: RefCell::new(Vec::new()),
             peers_touched: RefCell::new(Vec::new()),
             peer_flag: RefCell::new(vec![false; n]),
+            staging: RefCell::new((0..n).map(|_| None).collect()),
             counters: LocalCounters::default(),
             over_soft: Cell::new(false),
             conns_gone: Notify::new(),
@@ -240,31 +257,74 @@ impl Shard {
         true
     }
 
-    /// Hands a message to another shard, or stashes it when that queue is full (or already has
-    /// stashed messages, to keep order). The caller drains the stash with [`Shard::push_stash`].
-    pub fn push_remote(&self, dst: u16, r: Remote, stash: &mut Stash) {
+    /// Adds a delivery for shard `dst` to this batch's staging area: `frame` is the PUB frame at
+    /// `off..off + len` of `src`. Staged batches go out in [`Shard::flush_staged`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage_remote(
+        &self,
+        dst: u16,
+        src: &Bytes,
+        off: usize,
+        len: usize,
+        conn: u64,
+        sid: u32,
+        flags: u8,
+        stash: &mut Stash,
+    ) {
         {
-            let mut flags = self.peer_flag.borrow_mut();
-            if !flags[dst as usize] {
-                flags[dst as usize] = true;
+            let mut peer_flags = self.peer_flag.borrow_mut();
+            if !peer_flags[dst as usize] {
+                peer_flags[dst as usize] = true;
                 self.peers_touched.borrow_mut().push(dst);
             }
         }
         bump(&self.counters.cross, 1);
-        self.push_or_stash(dst, r, stash);
+        let item = RemoteItem {
+            conn,
+            off: off as u32,
+            len: len as u32,
+            sid,
+            flags,
+        };
+        let mut staging = self.staging.borrow_mut();
+        let slot = &mut staging[dst as usize];
+        if let Some(b) = slot {
+            if b.frames.as_ptr() == src.as_ptr() && b.frames.len() == src.len() {
+                b.items.push(item);
+                return;
+            }
+        }
+        let mut items = Vec::with_capacity(64);
+        items.push(item);
+        if let Some(old) = slot.replace(RemoteBatch {
+            frames: src.clone(),
+            items,
+        }) {
+            self.push_or_stash(dst, old, stash);
+        }
+    }
+
+    /// Sends every staged batch to its shard (or to the stash when its queue is full).
+    pub fn flush_staged(&self, stash: &mut Stash) {
+        let mut staging = self.staging.borrow_mut();
+        for (dst, slot) in staging.iter_mut().enumerate() {
+            if let Some(b) = slot.take() {
+                self.push_or_stash(dst as u16, b, stash);
+            }
+        }
     }
 
     /// Pushes to `dst`'s queue unless that queue is blocked (full, or holding back earlier
-    /// stashed messages); otherwise appends to the stash and marks `dst` blocked.
-    fn push_or_stash(&self, dst: u16, r: Remote, stash: &mut Stash) {
+    /// stashed batches); otherwise appends to the stash and marks `dst` blocked.
+    fn push_or_stash(&self, dst: u16, b: RemoteBatch, stash: &mut Stash) {
         if stash.blocked(dst) {
-            stash.items.push((dst, r));
+            stash.items.push((dst, b));
             return;
         }
         let q = &self.global.shards[dst as usize].inbound[self.id as usize];
-        if let Err(r) = q.push(r) {
+        if let Err(b) = q.push(b) {
             stash.block(dst);
-            stash.items.push((dst, r));
+            stash.items.push((dst, b));
         }
     }
 
@@ -313,11 +373,15 @@ impl Shard {
         while !stash.items.is_empty() {
             stash.clear_blocks();
             let items = std::mem::take(&mut stash.items);
+            let mut woken: Vec<u16> = Vec::new();
             for (dst, r) in items {
                 self.push_or_stash(dst, r, stash);
-            }
-            for &d in &stash.blocked_list {
-                self.global.shards[d as usize].wake.notify_one();
+                // Wake every destination touched here, whether its push went through or it is
+                // still full: the wake from the batch's flush may have come before this push.
+                if !woken.contains(&dst) {
+                    woken.push(dst);
+                    self.global.shards[dst as usize].wake.notify_one();
+                }
             }
             if stash.items.is_empty() {
                 break;
@@ -343,11 +407,11 @@ impl Shard {
     }
 }
 
-/// Cross-shard messages that did not fit their queue yet, in order, with the shards whose
+/// Cross-shard batches that did not fit their queue yet, in order, with the shards whose
 /// queue was found full.
 #[derive(Debug, Default)]
 pub(crate) struct Stash {
-    pub items: Vec<(u16, Remote)>,
+    pub items: Vec<(u16, RemoteBatch)>,
     blocked_list: Vec<u16>,
 }
 
@@ -365,35 +429,73 @@ impl Stash {
     }
 }
 
-/// Drains this shard's inbound queues in batches and delivers to local connections.
+/// Drains this shard's inbound queues and delivers to local connections. A batch is set
+/// aside half-done when a delivery takes a connection past the soft limit, and resumed after
+/// pacing.
 async fn drain(shard: Rc<Shard>) {
-    const BATCH: usize = 4096;
+    const BUDGET: usize = 4096;
+    let n = shard.global.shards.len();
+    let mut current: Vec<Option<(RemoteBatch, usize)>> = (0..n).map(|_| None).collect();
+    // Whether the last round stopped before the queues were empty (budget or pacing).
+    let mut more = false;
     loop {
-        shard.handle.wake.notified().await;
-        loop {
-            let mut n = 0usize;
-            for src in 0..shard.global.shards.len() {
-                let q = &shard.handle.inbound[src];
-                let mut took = 0usize;
-                while took < BATCH && !shard.over_soft.get() {
-                    let Some(r) = q.pop() else { break };
-                    shard.deliver_local(r.conn, r.sid, r.flags, &r.frame);
-                    took += 1;
-                }
-                if took > 0 {
-                    shard.global.shards[src].space.notify_waiters();
-                }
-                n += took;
-            }
-            if n == 0 && !shard.over_soft.get() {
-                break;
-            }
-            shard.over_soft.set(false);
-            let congested = shard.flush();
-            shard.pace(congested).await;
-            // Let this shard's readers and writers run between drain batches.
-            tokio::task::yield_now().await;
+        if !more && current.iter().all(Option::is_none) {
+            shard.handle.wake.notified().await;
         }
+        let mut delivered = 0usize;
+        'sources: for (src, cur) in current.iter_mut().enumerate() {
+            let q = &shard.handle.inbound[src];
+            let mut popped = false;
+            while delivered < BUDGET {
+                let (batch, start) = match cur.take() {
+                    Some(c) => c,
+                    None => match q.pop() {
+                        Some(b) => {
+                            popped = true;
+                            (b, 0)
+                        }
+                        None => break,
+                    },
+                };
+                let mut i = start;
+                while i < batch.items.len() {
+                    let it = batch.items[i];
+                    i += 1;
+                    let (off, end) = (it.off as usize, it.off as usize + it.len as usize);
+                    match batch.frames.get(off..end) {
+                        Some(frame) => {
+                            shard.deliver_local(it.conn, it.sid, it.flags, frame);
+                        }
+                        None => bump(&shard.counters.dropped, 1),
+                    }
+                    delivered += 1;
+                    if shard.over_soft.get() {
+                        break;
+                    }
+                }
+                if i < batch.items.len() {
+                    *cur = Some((batch, i));
+                }
+                if shard.over_soft.get() {
+                    if popped {
+                        shard.global.shards[src].space.notify_waiters();
+                    }
+                    break 'sources;
+                }
+            }
+            if popped {
+                shard.global.shards[src].space.notify_waiters();
+            }
+        }
+        more = delivered >= BUDGET || shard.over_soft.get();
+        if delivered == 0 && !more {
+            continue;
+        }
+        shard.over_soft.set(false);
+        let congested = shard.flush();
+        shard.pace(congested).await;
+        // Let this shard's readers and writers run between drain rounds.
+        tokio::task::yield_now().await;
     }
 }
 
