@@ -6,6 +6,8 @@
 //! ```
 //! Exits non-zero if a message is lost, duplicated or out of order.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwire_client::ConnectOptions;
@@ -62,13 +64,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sub = subscriber.subscribe(&a.subject).await?;
     subscriber.flush().await?;
     let count = a.count;
+    // Progress is checked by a watchdog below rather than with a timer per message.
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = received.clone();
     let receiver = tokio::spawn(async move {
         let mut expected = 0u64;
         while expected < count {
-            let m = match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err(format!("subscription closed after {expected} messages")),
-                Err(_) => return Err(format!("no message for 10 s after {expected} messages")),
+            let Some(m) = sub.next().await else {
+                return Err(format!("subscription closed after {expected} messages"));
             };
             let mut n = [0u8; 8];
             n.copy_from_slice(&m.payload[..8]);
@@ -77,6 +80,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 return Err(format!("expected message {expected}, got {got}"));
             }
             expected += 1;
+            if expected % 4096 == 0 {
+                progress.store(expected, Ordering::Relaxed);
+            }
         }
         Ok(Instant::now())
     });
@@ -90,6 +96,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     publisher.flush().await?;
     let published = start.elapsed();
+    let mut last = (0, Instant::now());
+    while !receiver.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(10) {
+            receiver.abort();
+            return Err(format!("no progress for 10 s after {now} messages").into());
+        }
+    }
     let done = receiver.await??;
     let delivered = done.duration_since(start);
     println!(

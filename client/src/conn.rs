@@ -70,8 +70,9 @@ pub(crate) struct WriteState {
 /// Where the reader sends the messages of one subscription.
 #[derive(Debug)]
 pub(crate) enum SubKind {
-    /// A [`crate::Subscriber`]'s channel.
-    Stream(mpsc::UnboundedSender<Message>),
+    /// A [`crate::Subscriber`]'s channel; the reader sends each read batch's messages for the
+    /// subscription as one `Vec` (one channel operation and at most one wake-up per batch).
+    Stream(mpsc::UnboundedSender<Vec<Message>>),
     /// The shared request inbox: replies go to [`Inner::requests`] by token.
     Inbox,
 }
@@ -87,6 +88,8 @@ pub(crate) struct SubEntry {
     /// Whether the server was told the same limit (otherwise the client unsubscribes itself when
     /// the limit is reached).
     pub(crate) server_limited: bool,
+    /// Messages of the current read batch not yet sent to the stream.
+    pub(crate) pending: Vec<Message>,
 }
 
 impl SubEntry {
@@ -96,6 +99,7 @@ impl SubEntry {
             delivered: 0,
             max: 0,
             server_limited: false,
+            pending: Vec::new(),
         }
     }
 }

@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use agentwire_protocol::{
-    encode_pong, encode_unsub, flags, frame_len, op, parse_frame, DecodeError, Frame, MsgFrame,
+    encode_pong, encode_unsub, flags, frame_len, parse_frame, DecodeError, Frame, MsgFrame,
 };
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -71,39 +71,87 @@ pub(crate) async fn run(
 
 /// Decodes and dispatches every complete frame in `buf`. Returns a fatal server error, if one
 /// arrived (frames after it are ignored: the server closes the connection).
+///
+/// The complete frames are split off and frozen once, so each message costs one refcount per
+/// field it keeps, and each subscription's messages go to its stream as one batch.
 fn process(
     inner: &Inner,
     buf: &mut BytesMut,
     max_frame: usize,
 ) -> Result<Option<ServerError>, DecodeError> {
+    let mut complete = 0usize;
+    let mut fatal_len = None;
+    loop {
+        match frame_len(&buf[complete..], max_frame) {
+            Ok(Some(len)) if buf.len() - complete >= len => complete += len,
+            Ok(Some(len)) => {
+                // The length was checked against the limit: reserving for it is safe.
+                buf.reserve(len - (buf.len() - complete));
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                fatal_len = Some(e);
+                break;
+            }
+        }
+    }
+    let mut result = Ok(None);
+    if complete > 0 {
+        let batch = buf.split_to(complete).freeze();
+        result = process_batch(inner, &batch);
+    }
+    match fatal_len {
+        Some(e) if matches!(result, Ok(None)) => Err(e),
+        _ => result,
+    }
+}
+
+fn process_batch(inner: &Inner, batch: &Bytes) -> Result<Option<ServerError>, DecodeError> {
     let mut subs = None;
+    let mut touched: Vec<u32> = Vec::new();
     let mut pings = 0usize;
     let mut pongs = 0usize;
     let mut msgs = 0u64;
     let mut fatal = None;
-    while let Some(len) = frame_len(buf, max_frame)? {
-        if buf.len() < len {
-            // The length was checked against the limit: reserving for it is safe.
-            buf.reserve(len - buf.len());
-            break;
-        }
-        if buf[4] == op::MSG {
-            let frame = buf.split_to(len).freeze();
-            if let Frame::Msg(m) = parse_frame(&frame)? {
+    let mut off = 0usize;
+    let mut failed = None;
+    while off < batch.len() {
+        let len = match frame_len(&batch[off..], usize::MAX) {
+            Ok(Some(len)) => len,
+            Ok(None) => break,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        let frame = &batch[off..off + len];
+        off += len;
+        let parsed = match parse_frame(frame) {
+            Ok(f) => f,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        match parsed {
+            Frame::Msg(m) => {
                 msgs += 1;
                 let subs = subs.get_or_insert_with(|| lock(&inner.subs));
-                dispatch(inner, subs, &frame, &m);
+                dispatch(inner, subs, &mut touched, batch, &m);
             }
-            continue;
-        }
-        match parse_frame(&buf[..len])? {
             Frame::Ping => pings += 1,
-            Frame::Pong => pongs += 1,
+            Frame::Pong => {
+                // Messages before this PONG must be in their streams before its flush returns.
+                if let Some(subs) = subs.as_mut() {
+                    send_pending(subs, &mut touched);
+                }
+                pongs += 1;
+            }
             Frame::Err(e) => {
                 let err = ServerError::from_frame(&e);
                 if err.fatal {
                     fatal = Some(err);
-                    buf.advance(len);
                     break;
                 }
                 tracing::warn!(error = %err, "server error");
@@ -112,9 +160,10 @@ fn process(
             Frame::Info(_) | Frame::Unknown { .. } => {}
             other => tracing::debug!(op = other.op(), "ignoring a client-only frame"),
         }
-        buf.advance(len);
     }
-    drop(subs);
+    if let Some(mut subs) = subs {
+        send_pending(&mut subs, &mut touched);
+    }
     if msgs > 0 {
         inner.in_msgs.fetch_add(msgs, Ordering::Relaxed);
     }
@@ -136,12 +185,39 @@ fn process(
             let _ = tx.send(Ok(()));
         }
     }
-    Ok(fatal)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(fatal),
+    }
 }
 
-/// Delivers one MSG to its subscription; a MSG for an unknown sid (late, after an unsubscribe)
-/// is dropped.
-fn dispatch(inner: &Inner, subs: &mut FxHashMap<u32, SubEntry>, frame: &Bytes, m: &MsgFrame<'_>) {
+/// Sends each touched subscription's pending messages to its stream as one batch.
+fn send_pending(subs: &mut FxHashMap<u32, SubEntry>, touched: &mut Vec<u32>) {
+    for sid in touched.drain(..) {
+        let Some(entry) = subs.get_mut(&sid) else {
+            continue;
+        };
+        if entry.pending.is_empty() {
+            continue;
+        }
+        let batch = std::mem::take(&mut entry.pending);
+        if let SubKind::Stream(tx) = &entry.kind {
+            if tx.send(batch).is_err() {
+                subs.remove(&sid);
+            }
+        }
+    }
+}
+
+/// Queues one MSG for its subscription (sent at the end of the batch); a MSG for an unknown
+/// sid (late, after an unsubscribe) is dropped.
+fn dispatch(
+    inner: &Inner,
+    subs: &mut FxHashMap<u32, SubEntry>,
+    touched: &mut Vec<u32>,
+    frame: &Bytes,
+    m: &MsgFrame<'_>,
+) {
     let Some(entry) = subs.get_mut(&m.sid) else {
         return;
     };
@@ -151,14 +227,25 @@ fn dispatch(inner: &Inner, subs: &mut FxHashMap<u32, SubEntry>, frame: &Bytes, m
             // Counted even when the message is unusable, so the count agrees with the server's
             // for auto-unsubscribe.
             entry.delivered += 1;
-            let open = match build_message(frame, m) {
-                Some(msg) => tx.send(msg).is_ok(),
-                None => !tx.is_closed(),
-            };
+            let open = !tx.is_closed();
+            if open {
+                if let Some(msg) = build_message(frame, m) {
+                    if entry.pending.is_empty() {
+                        touched.push(m.sid);
+                    }
+                    entry.pending.push(msg);
+                }
+            }
             let limit_reached = entry.max != 0 && entry.delivered >= entry.max;
             if !open || limit_reached {
                 let server_limited = entry.server_limited;
-                subs.remove(&m.sid);
+                if let Some(mut entry) = subs.remove(&m.sid) {
+                    if let SubKind::Stream(tx) = &entry.kind {
+                        if !entry.pending.is_empty() {
+                            let _ = tx.send(std::mem::take(&mut entry.pending));
+                        }
+                    }
+                }
                 if limit_reached && !server_limited {
                     let sid = m.sid;
                     let _ = inner.enqueue_control(|b| {

@@ -26,7 +26,9 @@ pub struct Subscriber {
     client: Client,
     sid: u32,
     subject: String,
-    rx: mpsc::UnboundedReceiver<Message>,
+    rx: mpsc::UnboundedReceiver<Vec<Message>>,
+    /// The batch being read (the reader sends one batch per read of the socket).
+    batch: std::vec::IntoIter<Message>,
     /// Messages this stream has yielded.
     yielded: u64,
     /// The stream ends once `yielded` reaches this (set by `unsubscribe_after`).
@@ -40,13 +42,14 @@ impl Subscriber {
         client: Client,
         sid: u32,
         subject: &str,
-        rx: mpsc::UnboundedReceiver<Message>,
+        rx: mpsc::UnboundedReceiver<Vec<Message>>,
     ) -> Subscriber {
         Subscriber {
             client,
             sid,
             subject: subject.to_owned(),
             rx,
+            batch: Vec::new().into_iter(),
             yielded: 0,
             limit: None,
             active: true,
@@ -73,11 +76,17 @@ impl Subscriber {
         if self.limit.is_some_and(|l| self.yielded >= l) {
             return Poll::Ready(None);
         }
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = &polled {
-            self.yielded += 1;
+        loop {
+            if let Some(m) = self.batch.next() {
+                self.yielded += 1;
+                return Poll::Ready(Some(m));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        polled
     }
 
     /// Ends the subscription now. Messages already received can still be read from a stream
