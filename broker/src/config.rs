@@ -63,9 +63,10 @@ impl Limits {
     }
 
     /// Outbound bytes above which a publisher is paced (waits for a consumer that is still
-    /// reading): half of `max_pending`, at most 8 MiB.
+    /// reading): half of `max_pending`, at most 1 MiB. Small enough to keep the broker's memory
+    /// low, large enough that a consumer always has a full socket's worth queued.
     pub fn soft_pending(&self) -> usize {
-        (self.max_pending / 2).min(8 << 20)
+        (self.max_pending / 2).min(1 << 20)
     }
 
     /// `write_deadline_ms` as a duration.
@@ -87,7 +88,7 @@ pub struct Config {
     /// Bytes read from a socket per read call, at least (default 64 KiB).
     pub read_buffer: usize,
     /// Capacity of each shard-to-shard queue, in batches (one batch = the messages one read of
-    /// one connection sends to that shard; default 1,024).
+    /// one connection sends to that shard; default 32).
     pub cross_shard_queue: usize,
     /// Entries in each shard's subject match cache (default 16,384).
     pub match_cache: usize,
@@ -104,7 +105,7 @@ impl Default for Config {
             shards: 0,
             limits: Limits::default(),
             read_buffer: 64 << 10,
-            cross_shard_queue: 1024,
+            cross_shard_queue: 32,
             match_cache: 16_384,
             shutdown_grace_ms: 5_000,
         }

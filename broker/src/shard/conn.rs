@@ -14,10 +14,8 @@ use agentwire_protocol::{
     self as proto, features, flags, Frame, HelloFrame, PubFrame, SubFrame, UnsubFrame,
 };
 use agentwire_protocol::{ErrorCode, InfoFrame};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -30,7 +28,7 @@ use crate::stats::ShardStats;
 pub(crate) const PROGRESS_WINDOW: Duration = Duration::from_millis(100);
 
 /// Largest spare outbound buffer kept between writes.
-const MAX_SPARE: usize = 4 << 20;
+const MAX_SPARE: usize = 1 << 20;
 
 /// One subscription of a connection.
 #[derive(Debug)]
@@ -70,6 +68,10 @@ impl ConnState {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub id: u64,
+    /// The socket, shared by the reader, the writer and the shard's flush (all on this shard's
+    /// thread; every use goes through `&TcpStream` readiness + `try_*` calls, never held across
+    /// an await by more than one of them for writing: see [`Conn::write_now`]).
+    pub stream: Rc<TcpStream>,
     pub st: RefCell<ConnState>,
     /// Wakes the writer (new output, or closing).
     pub wake_writer: Notify,
@@ -80,9 +82,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(id: u64) -> Conn {
+    fn new(id: u64, stream: Rc<TcpStream>) -> Conn {
         Conn {
             id,
+            stream,
             st: RefCell::new(ConnState {
                 out: BytesMut::with_capacity(16 << 10),
                 inflight: 0,
@@ -95,6 +98,30 @@ impl Conn {
             drained: Notify::new(),
             stop: Notify::new(),
         }
+    }
+
+    /// Writes what is queued straight to the socket when the writer is idle (no write in
+    /// flight), saving a task wake-up per batch. Returns whether the writer must run: bytes are
+    /// left (the socket is full) or the connection is closing.
+    pub fn write_now(&self, soft: usize) -> bool {
+        let mut st = self.st.borrow_mut();
+        if st.inflight > 0 || st.out.is_empty() {
+            return !st.out.is_empty() || st.closing;
+        }
+        match self.stream.try_write(&st.out) {
+            Ok(n) if n > 0 => {
+                st.out.advance(n);
+                st.last_progress = Instant::now();
+                if st.pending() <= soft {
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return !self.st.borrow().out.is_empty() || self.st.borrow().closing;
+                }
+            }
+            // WouldBlock, or an error the writer will meet and report.
+            _ => {}
+        }
+        !st.out.is_empty() || st.closing
     }
 
     /// Above `soft` pending bytes while still reading.
@@ -171,7 +198,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
     let id = global
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let conn = Rc::new(Conn::new(id));
+    let stream = Rc::new(stream);
+    let conn = Rc::new(Conn::new(id, stream));
     shard.conns.borrow_mut().insert(id, conn.clone());
     ShardStats::add(&shard.handle.stats.conns_total, 1);
     ShardStats::add(&shard.handle.stats.conns_open, 1);
@@ -194,11 +222,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
             tracing::error!("server id too long for INFO");
         }
     }
-    let (rd, wr) = stream.into_split();
-    let writer = tokio::task::spawn_local(write_loop(shard.clone(), conn.clone(), wr));
+    let writer = tokio::task::spawn_local(write_loop(shard.clone(), conn.clone()));
     conn.wake_writer.notify_one();
 
-    let why = read_loop(&shard, &conn, rd).await;
+    let why = read_loop(&shard, &conn).await;
     tracing::debug!(conn = id, shard = shard.id, "connection closing: {why}");
 
     // Stop deliveries and drop the subscriptions at once; then let the writer finish.
@@ -235,7 +262,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
 }
 
 /// Reads and handles frames until the connection ends; returns why it ended.
-async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf) -> String {
+async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
     let cfg = &shard.global.config;
     let max_frame = cfg.limits.max_frame();
     let mut buf = BytesMut::with_capacity(cfg.read_buffer);
@@ -266,9 +293,13 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf) ->
                 }
                 continue;
             }
-            r = rd.read_buf(&mut buf) => r,
+            r = conn.stream.readable() => r,
         };
-        match r {
+        if let Err(e) = r {
+            return format!("read error: {e}");
+        }
+        match conn.stream.try_read_buf(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Ok(0) => {
                 if !buf.is_empty() {
                     ShardStats::add(&shard.handle.stats.truncated_frames, 1);
@@ -660,9 +691,9 @@ fn unsubscribe(shard: &Shard, conn: &Rc<Conn>, u: UnsubFrame) {
     }
 }
 
-/// Writes the connection's outbound bytes as they come, double-buffered: while one buffer is
-/// being written the shard appends to the other.
-async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
+/// Writes the connection's outbound bytes that [`Conn::write_now`] could not, double-buffered:
+/// while one buffer is being written the shard appends to the other.
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     let limits = shard.global.config.limits;
     let soft = limits.soft_pending();
     let deadline = limits.write_deadline();
@@ -688,23 +719,8 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
         };
         let mut pos = 0usize;
         while pos < buf.len() {
-            match tokio::time::timeout(deadline, wr.write(&buf[pos..])).await {
-                Err(_) => {
-                    conn.st.borrow_mut().inflight = 0;
-                    conn.slow_consumer(&shard, "no write progress within write_deadline");
-                    // The ERR cannot be written to a peer that does not read: just close.
-                    conn.stop.notify_one();
-                    return;
-                }
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    let mut st = conn.st.borrow_mut();
-                    st.inflight = 0;
-                    st.closing = true;
-                    drop(st);
-                    conn.stop.notify_one();
-                    return;
-                }
-                Ok(Ok(n)) => {
+            match conn.stream.try_write(&buf[pos..]) {
+                Ok(n) if n > 0 => {
                     pos += n;
                     let mut st = conn.st.borrow_mut();
                     st.inflight -= n;
@@ -714,6 +730,26 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
                     if pending <= soft {
                         conn.drained.notify_waiters();
                     }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout(deadline, conn.stream.writable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            fail_writer(&conn);
+                            return;
+                        }
+                        Err(_) => {
+                            conn.st.borrow_mut().inflight = 0;
+                            conn.slow_consumer(&shard, "no write progress within write_deadline");
+                            // The ERR cannot be written to a peer that does not read: just close.
+                            conn.stop.notify_one();
+                            return;
+                        }
+                    }
+                }
+                Ok(_) | Err(_) => {
+                    fail_writer(&conn);
+                    return;
                 }
             }
         }
@@ -726,5 +762,14 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf) {
         };
         conn.drained.notify_waiters();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    let _ = socket2::SockRef::from(&*conn.stream).shutdown(std::net::Shutdown::Write);
+}
+
+/// The socket failed for writing: stop deliveries and the reader.
+fn fail_writer(conn: &Conn) {
+    let mut st = conn.st.borrow_mut();
+    st.inflight = 0;
+    st.closing = true;
+    drop(st);
+    conn.stop.notify_one();
 }

@@ -336,11 +336,13 @@ impl Shard {
         let touched = std::mem::take(&mut *self.touched.borrow_mut());
         let mut congested = Vec::new();
         for c in touched {
-            let mut st = c.st.borrow_mut();
-            st.touched = false;
+            c.st.borrow_mut().touched = false;
+            if c.write_now(soft) {
+                c.wake_writer.notify_one();
+            }
+            let st = c.st.borrow();
             let over = !st.closing && st.pending() > soft;
             drop(st);
-            c.wake_writer.notify_one();
             if over {
                 congested.push(c);
             }
