@@ -27,6 +27,9 @@ use crate::stats::ShardStats;
 /// not paced to it, and it runs into `max_pending`.
 pub(crate) const PROGRESS_WINDOW: Duration = Duration::from_millis(100);
 
+/// Smallest read, and the read size of an idle connection.
+const MIN_READ: usize = 4096;
+
 /// Largest spare outbound buffer kept between writes.
 const MAX_SPARE: usize = 1 << 20;
 
@@ -87,7 +90,8 @@ impl Conn {
             id,
             stream,
             st: RefCell::new(ConnState {
-                out: BytesMut::with_capacity(16 << 10),
+                // Allocated on first use: an idle connection holds no buffers.
+                out: BytesMut::new(),
                 inflight: 0,
                 subs: FxHashMap::default(),
                 closing: false,
@@ -265,7 +269,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
     let cfg = &shard.global.config;
     let max_frame = cfg.limits.max_frame();
-    let mut buf = BytesMut::with_capacity(cfg.read_buffer);
+    // Reads start small and grow (up to `read_buffer`) while they fill the buffer, so 10,000
+    // idle connections cost little; an idle connection drops its buffer between reads.
+    let mut buf = BytesMut::new();
+    let mut read_size = MIN_READ.min(cfg.read_buffer);
     let mut stash = Stash::default();
     let mut rs = ReaderState {
         handshaken: false,
@@ -279,10 +286,6 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
             conn.send_err(shard, ErrorCode::ServerShutdown, "server shutting down");
             shard.flush();
             return "server shutdown".into();
-        }
-        let want = cfg.read_buffer.max(need.saturating_sub(buf.len()));
-        if buf.capacity() - buf.len() < want / 2 {
-            buf.reserve(want);
         }
         let r = tokio::select! {
             biased;
@@ -298,6 +301,11 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
         if let Err(e) = r {
             return format!("read error: {e}");
         }
+        let want = read_size.max(need.saturating_sub(buf.len()));
+        if buf.capacity() - buf.len() < want / 2 {
+            buf.reserve(want);
+        }
+        let spare = buf.capacity() - buf.len();
         match conn.stream.try_read_buf(&mut buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Ok(0) => {
@@ -307,8 +315,14 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
                 }
                 return "peer closed".into();
             }
+            Ok(n) => {
+                if n == spare {
+                    read_size = (read_size * 2).min(cfg.read_buffer);
+                } else if n < read_size / 4 {
+                    read_size = (read_size / 2).max(MIN_READ.min(cfg.read_buffer));
+                }
+            }
             Err(e) => return format!("read error: {e}"),
-            Ok(_) => {}
         }
         // Find the complete frames at the front of the buffer.
         let mut complete = 0usize;
@@ -349,6 +363,10 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
         let congested = shard.flush();
         shard.push_stash(&mut stash).await;
         shard.pace(congested).await;
+        if buf.is_empty() && read_size <= MIN_READ {
+            // Idle: give the memory back (frozen batches keep what they still need).
+            buf = BytesMut::new();
+        }
     }
 }
 
@@ -697,7 +715,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     let limits = shard.global.config.limits;
     let soft = limits.soft_pending();
     let deadline = limits.write_deadline();
-    let mut spare = BytesMut::with_capacity(16 << 10);
+    let mut spare = BytesMut::new();
     loop {
         let next = {
             let mut st = conn.st.borrow_mut();
@@ -758,7 +776,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
         spare = if buf.capacity() <= MAX_SPARE {
             buf
         } else {
-            BytesMut::with_capacity(16 << 10)
+            BytesMut::new()
         };
         conn.drained.notify_waiters();
     }
