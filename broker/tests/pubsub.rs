@@ -177,11 +177,18 @@ async fn request_reply_timeout_and_no_responders() {
     let task = tokio::spawn(async move {
         while let Some(m) = svc.next().await {
             let n = m.payload.len();
-            let reply = m.reply.expect("requests carry a reply subject");
-            responder
-                .publish(reply.as_str(), Bytes::from(vec![b'x'; n * 2]))
-                .await
-                .expect("reply");
+            if n % 2 == 0 {
+                responder
+                    .respond(&m, Bytes::from(vec![b'x'; n * 2]))
+                    .await
+                    .expect("respond");
+            } else {
+                let reply = m.reply.expect("requests carry a reply subject");
+                responder
+                    .publish(reply.as_str(), Bytes::from(vec![b'x'; n * 2]))
+                    .await
+                    .expect("reply");
+            }
         }
     });
     for i in 1..=20usize {
@@ -197,6 +204,18 @@ async fn request_reply_timeout_and_no_responders() {
     {
         Err(Error::NoResponders { .. }) => {}
         other => panic!("expected no responders, got {other:?}"),
+    }
+    // respond() needs a reply subject.
+    let mut plain = service.subscribe("plain").await.expect("sub");
+    service.flush().await.expect("flush");
+    requester
+        .publish("plain", Bytes::from_static(b"x"))
+        .await
+        .expect("pub");
+    let m = next(&mut plain).await;
+    match service.respond(&m, Bytes::new()).await {
+        Err(Error::NoReplySubject { subject }) => assert_eq!(subject, "plain"),
+        other => panic!("expected NoReplySubject, got {other:?}"),
     }
     let _silent = service.subscribe("silent").await.expect("sub");
     service.flush().await.expect("flush");

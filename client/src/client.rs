@@ -215,7 +215,38 @@ impl Client {
                 msg.reply.unwrap_or(""),
                 msg.headers,
                 msg.payload,
+                false,
             )
+            .await
+    }
+
+    /// Answers a request: publishes `payload` on `request`'s reply subject. The reply is
+    /// written to the socket at once when nothing else is being written (a reply is waited
+    /// for), instead of waiting for the writer task like a plain publish.
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let mut requests = client.subscribe("echo").await?;
+    /// while let Some(req) = requests.next().await {
+    ///     client.respond(&req, req.payload.clone()).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoReplySubject`] when the message carries no reply subject; otherwise as
+    /// [`Client::publish`].
+    pub async fn respond(&self, request: &Message, payload: impl Into<Bytes>) -> Result<(), Error> {
+        let Some(reply) = &request.reply else {
+            return Err(Error::NoReplySubject {
+                subject: request.subject.to_string(),
+            });
+        };
+        let payload = payload.into();
+        self.inner
+            .check_publish(reply.as_str(), None, None, payload.len())?;
+        self.inner
+            .enqueue_pub(reply.as_str(), "", None, &payload, true)
             .await
     }
 
@@ -359,7 +390,9 @@ impl Client {
         }
         let _pending = PendingRequest { inner, token };
         let exchange = async {
-            inner.enqueue_pub(subject, &reply, headers, payload).await?;
+            inner
+                .enqueue_pub(subject, &reply, headers, payload, true)
+                .await?;
             match rx.await {
                 Ok(ReplyOutcome::Reply(msg)) => Ok(msg),
                 Ok(ReplyOutcome::NoResponders) => Err(Error::NoResponders {

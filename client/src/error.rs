@@ -204,6 +204,12 @@ pub enum Error {
     /// server, or a network error); open a new one with [`crate::connect`].
     #[error("the connection is closed")]
     Closed,
+    /// [`crate::Client::respond`] was given a message that carries no reply subject.
+    #[error("the message on {subject} has no reply subject to respond to")]
+    NoReplySubject {
+        /// The message's subject.
+        subject: String,
+    },
 }
 
 /// A short lowercase description of a socket error for connect messages.

@@ -240,8 +240,8 @@ async fn reply(a: ReplyArgs) -> Result<(), Failure> {
                 message: "connection to the broker closed".into(),
             });
         };
-        if let Some(r) = &m.reply {
-            client.publish(r.as_str(), m.payload.clone()).await?;
+        if m.reply.is_some() {
+            client.respond(&m, m.payload.clone()).await?;
             n += 1;
         }
     }
