@@ -215,14 +215,11 @@ impl Client {
                 msg.reply.unwrap_or(""),
                 msg.headers,
                 msg.payload,
-                false,
             )
             .await
     }
 
-    /// Answers a request: publishes `payload` on `request`'s reply subject. The reply is
-    /// written to the socket at once when nothing else is being written (a reply is waited
-    /// for), instead of waiting for the writer task like a plain publish.
+    /// Answers a request: publishes `payload` on `request`'s reply subject.
     ///
     /// ```no_run
     /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
@@ -246,7 +243,7 @@ impl Client {
         self.inner
             .check_publish(reply.as_str(), None, None, payload.len())?;
         self.inner
-            .enqueue_pub(reply.as_str(), "", None, &payload, true)
+            .enqueue_pub(reply.as_str(), "", None, &payload)
             .await
     }
 
@@ -390,9 +387,7 @@ impl Client {
         }
         let _pending = PendingRequest { inner, token };
         let exchange = async {
-            inner
-                .enqueue_pub(subject, &reply, headers, payload, true)
-                .await?;
+            inner.enqueue_pub(subject, &reply, headers, payload).await?;
             match rx.await {
                 Ok(ReplyOutcome::Reply(msg)) => Ok(msg),
                 Ok(ReplyOutcome::NoResponders) => Err(Error::NoResponders {

@@ -13,14 +13,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use agentwire_protocol::{encode_pub, encode_sub, encode_unsub};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use rustc_hash::FxHashMap;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 
@@ -67,10 +65,6 @@ pub(crate) struct WriteState {
     pub(crate) closed: bool,
     /// Messages published (counted here because the lock is held anyway).
     pub(crate) out_msgs: u64,
-    /// The socket's write half, shared with the writer task so that latency-sensitive frames
-    /// (requests, replies, PINGs) can be written at once when the writer is idle. `None` once
-    /// the connection finishes closing.
-    pub(crate) sock: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// Where the reader sends the messages of one subscription.
@@ -239,10 +233,9 @@ impl Inner {
         reply: &str,
         headers: Option<&Headers>,
         payload: &[u8],
-        urgent: bool,
     ) -> Result<(), Error> {
         let hdr = headers.map_or(&[][..], Headers::as_encoded);
-        self.enqueue(true, urgent, |b| {
+        self.enqueue(true, |b| {
             encode_pub(b, subject.as_bytes(), reply.as_bytes(), hdr, payload).map_err(Error::from)
         })
         .await
@@ -255,7 +248,7 @@ impl Inner {
         subject: &str,
         queue: &str,
     ) -> Result<(), Error> {
-        self.enqueue(false, false, |b| {
+        self.enqueue(false, |b| {
             encode_sub(b, sid, subject.as_bytes(), queue.as_bytes()).map_err(Error::from)
         })
         .await
@@ -263,11 +256,11 @@ impl Inner {
 
     /// Appends frames produced by `encode`, waiting while the pending bytes are over the limit.
     /// The fast path takes the lock once and does not touch the `drained` notifier.
-    async fn enqueue<F>(&self, count_msg: bool, urgent: bool, mut encode: F) -> Result<(), Error>
+    async fn enqueue<F>(&self, count_msg: bool, mut encode: F) -> Result<(), Error>
     where
         F: FnMut(&mut BytesMut) -> Result<(), Error>,
     {
-        if let Some(done) = self.try_enqueue(count_msg, urgent, &mut encode) {
+        if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
             return done;
         }
         let after = self.settings.request_timeout;
@@ -275,7 +268,7 @@ impl Inner {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(done) = self.try_enqueue(count_msg, urgent, &mut encode) {
+            if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
                 return done;
             }
             // Every completed write wakes us; none for a whole request timeout means the socket
@@ -292,12 +285,7 @@ impl Inner {
 
     /// `None` when the buffer is over the limit (the caller waits and retries).
     #[inline]
-    fn try_enqueue<F>(
-        &self,
-        count_msg: bool,
-        urgent: bool,
-        encode: &mut F,
-    ) -> Option<Result<(), Error>>
+    fn try_enqueue<F>(&self, count_msg: bool, encode: &mut F) -> Option<Result<(), Error>>
     where
         F: FnMut(&mut BytesMut) -> Result<(), Error>,
     {
@@ -315,32 +303,11 @@ impl Inner {
         if count_msg {
             w.out_msgs += 1;
         }
-        let wake = if urgent {
-            self.write_now(&mut w)
-        } else {
-            was_empty
-        };
         drop(w);
-        if wake {
+        if was_empty {
             self.writer_wake.notify_one();
         }
         Some(Ok(()))
-    }
-
-    /// Writes the buffer straight to the socket when the writer is idle (nothing in flight):
-    /// one syscall in the caller instead of a wake-up of the writer task. Returns whether the
-    /// writer must still run (bytes left).
-    fn write_now(&self, w: &mut WriteState) -> bool {
-        if w.in_flight == 0 && !w.buf.is_empty() {
-            if let Some(sock) = &w.sock {
-                if let Ok(n) = sock.try_write(&w.buf) {
-                    w.buf.advance(n);
-                    self.writes.fetch_add(1, Ordering::Relaxed);
-                    self.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            }
-        }
-        !w.buf.is_empty()
     }
 
     /// Appends small control frames (UNSUB, PONG, the inbox SUB) without waiting for space:
@@ -370,10 +337,10 @@ impl Inner {
         }
         let (tx, rx) = oneshot::channel();
         w.pong_waiters.push_back(tx);
+        let was_empty = w.buf.is_empty();
         agentwire_protocol::encode_ping(&mut w.buf);
-        let wake = self.write_now(&mut w);
         drop(w);
-        if wake {
+        if was_empty {
             self.writer_wake.notify_one();
         }
         Ok(rx)
@@ -480,7 +447,6 @@ impl Inner {
             }
             w.closed = true;
             w.buf = BytesMut::new();
-            w.sock = None;
             std::mem::take(&mut w.pong_waiters)
         };
         for tx in waiters {

@@ -173,8 +173,6 @@ impl ConnectOptions {
             format!("_INBOX.{}", random_token()),
         ));
         let (rd, wr) = stream.into_split();
-        let wr = Arc::new(wr);
-        lock(&inner.write).sock = Some(wr.clone());
         let reader = tokio::spawn(reader::run(
             inner.clone(),
             rd,

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::conn::{lock, Inner, Origin};
@@ -26,7 +27,7 @@ enum Step {
 
 /// Runs until a graceful close has written everything, the connection is torn down, or a write
 /// fails.
-pub(crate) async fn run(inner: Arc<Inner>, wr: Arc<OwnedWriteHalf>) {
+pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
     let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
     loop {
         let step = {
@@ -47,15 +48,12 @@ pub(crate) async fn run(inner: Arc<Inner>, wr: Arc<OwnedWriteHalf>) {
             Step::Stop => return,
             Step::Wait => inner.writer_wake.notified().await,
             Step::Finish => {
-                // Dropping the last reference to the write half shuts the socket down for
-                // writing (the FIN the server reads as a clean close).
-                lock(&inner.write).sock = None;
-                drop(wr);
+                let _ = wr.shutdown().await;
                 inner.teardown(CloseReason::Closed, Origin::Writer);
                 return;
             }
             Step::Write => {
-                if let Err(e) = write_all(&wr, &out).await {
+                if let Err(e) = wr.write_all(&out).await {
                     tracing::debug!(error = %e, "write failed");
                     inner.teardown(CloseReason::Closed, Origin::Writer);
                     return;
@@ -70,19 +68,4 @@ pub(crate) async fn run(inner: Arc<Inner>, wr: Arc<OwnedWriteHalf>) {
             }
         }
     }
-}
-
-/// Writes all of `buf` through the shared write half (readiness + `try_write`, so the half can
-/// be shared with callers that write directly while this task is idle).
-async fn write_all(wr: &OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
-    let mut pos = 0;
-    while pos < buf.len() {
-        match wr.try_write(&buf[pos..]) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => pos += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wr.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
