@@ -495,10 +495,43 @@ impl Inner {
 
 /// Validates a publish or reply subject.
 pub(crate) fn check_literal(subject: &str) -> Result<(), Error> {
-    agentwire_protocol::validate_literal(subject.as_bytes()).map_err(|source| {
-        Error::InvalidSubject {
-            subject: subject.to_owned(),
-            source,
-        }
-    })
+    thread_local! {
+        /// The last subject this thread found valid: publishers mostly repeat a subject, and
+        /// validity depends on the bytes alone, so a repeat skips the grammar check.
+        static LAST_VALID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let bytes = subject.as_bytes();
+    // An empty subject is never valid, and the cache starts empty: never a hit for it.
+    if !bytes.is_empty() && LAST_VALID.with(|l| l.borrow().as_slice() == bytes) {
+        return Ok(());
+    }
+    agentwire_protocol::validate_literal(bytes).map_err(|source| Error::InvalidSubject {
+        subject: subject.to_owned(),
+        source,
+    })?;
+    LAST_VALID.with(|l| {
+        let mut l = l.borrow_mut();
+        l.clear();
+        l.extend_from_slice(bytes);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_check_cache_never_lets_an_invalid_subject_through() {
+        assert!(check_literal("").is_err(), "empty, with an empty cache");
+        assert!(check_literal("orders.new").is_ok());
+        assert!(check_literal("orders.new").is_ok(), "cached");
+        assert!(check_literal("").is_err());
+        assert!(check_literal("orders.*").is_err());
+        assert!(
+            check_literal("orders.*").is_err(),
+            "invalid ones are not cached"
+        );
+        assert!(check_literal("orders.new").is_ok());
+    }
 }

@@ -47,6 +47,9 @@ pub struct MatchCache {
     capacity: usize,
     /// Counters for metrics.
     stats: CacheStats,
+    /// The last subject looked up and its result: a stream of messages on one subject skips
+    /// hashing. Cleared with the rest on a generation change.
+    last: Option<(Box<[u8]>, Rc<MatchSet>)>,
 }
 
 impl fmt::Debug for MatchCache {
@@ -69,6 +72,7 @@ impl MatchCache {
             generation: 0,
             capacity,
             stats: CacheStats::default(),
+            last: None,
         }
     }
 
@@ -97,23 +101,33 @@ impl MatchCache {
         if generation != self.generation {
             self.hot.clear();
             self.cold.clear();
+            self.last = None;
             self.generation = generation;
         }
-        if let Some(found) = self.hot.get(subject) {
-            self.stats.hits += 1;
-            return Ok(Rc::clone(found));
+        if let Some((key, found)) = &self.last {
+            if **key == *subject {
+                self.stats.hits += 1;
+                return Ok(Rc::clone(found));
+            }
         }
-        if let Some((key, found)) = self.cold.remove_entry(subject) {
+        let found = if let Some(found) = self.hot.get(subject) {
+            self.stats.hits += 1;
+            Rc::clone(found)
+        } else if let Some((key, found)) = self.cold.remove_entry(subject) {
             self.stats.hits += 1;
             self.insert_hot(key, Rc::clone(&found));
-            return Ok(found);
-        }
-        validate(subject)?;
-        self.stats.misses += 1;
-        let found = Rc::new(table.match_subject(subject));
-        if self.capacity > 0 {
+            found
+        } else {
+            validate(subject)?;
+            self.stats.misses += 1;
+            let found = Rc::new(table.match_subject(subject));
+            if self.capacity == 0 {
+                return Ok(found);
+            }
             self.insert_hot(Box::from(subject), Rc::clone(&found));
-        }
+            found
+        };
+        self.remember(subject, &found);
         Ok(found)
     }
 
@@ -141,6 +155,18 @@ impl MatchCache {
     pub fn clear(&mut self) {
         self.hot.clear();
         self.cold.clear();
+        self.last = None;
+    }
+
+    /// Makes `subject` the last-used entry, reusing the key's allocation when it fits.
+    fn remember(&mut self, subject: &[u8], found: &Rc<MatchSet>) {
+        match &mut self.last {
+            Some((key, value)) if key.len() == subject.len() => {
+                key.copy_from_slice(subject);
+                *value = Rc::clone(found);
+            }
+            slot => *slot = Some((Box::from(subject), Rc::clone(found))),
+        }
     }
 
     /// Inserts into the hot segment, rotating segments first if it is full. With a capacity
