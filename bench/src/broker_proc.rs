@@ -1,0 +1,474 @@
+//! The broker under test as a separate process, and what `/proc` says about it.
+//!
+//! By default every run starts a fresh `agentwire serve --listen 127.0.0.1:<free port>` (the
+//! binary next to this executable, or `--broker-bin`), waits until the port accepts, and stops
+//! it by PID afterwards (SIGTERM, then SIGKILL after [`STOP_GRACE`]). A fresh process per run
+//! makes its peak RSS (`VmHWM`) a per-run figure. `--server ADDR` targets a running broker
+//! instead; nothing is started or sampled then.
+//!
+//! Sampling reads `/proc/PID/stat` (utime + stime, in clock ticks) and `/proc/PID/status`
+//! (`VmHWM`, `VmRSS`), the same sources the NATS and Zenoh peer references used, plus this
+//! process's own CPU time and the host's idle and steal shares from `/proc/stat`.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// How long a started broker has to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SIGTERM has before SIGKILL. The broker's own shutdown grace is 5 s by default.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How many free ports are tried when a started broker exits at once (port taken meanwhile).
+const START_ATTEMPTS: u32 = 3;
+
+/// Which broker the runs talk to.
+#[derive(Debug, Clone)]
+pub enum BrokerTarget {
+    /// Start a fresh `agentwire serve` process for every run.
+    Spawn {
+        /// The `agentwire` binary.
+        bin: PathBuf,
+        /// `--shards N`, or the broker's default (one per core).
+        shards: Option<usize>,
+    },
+    /// A broker that is already running at this address: no CPU or RSS figures.
+    External(String),
+}
+
+impl BrokerTarget {
+    /// Resolves the target from the common flags: `--server` wins; otherwise `--broker-bin`,
+    /// or `agentwire` next to this executable.
+    ///
+    /// # Errors
+    /// When no broker binary is found (with the command that builds it).
+    pub fn resolve(
+        server: Option<&str>,
+        broker_bin: Option<&Path>,
+        shards: Option<usize>,
+    ) -> Result<BrokerTarget> {
+        if let Some(addr) = server {
+            return Ok(BrokerTarget::External(addr.to_owned()));
+        }
+        let bin = match broker_bin {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let exe = std::env::current_exe().context("cannot locate this executable")?;
+                exe.parent()
+                    .map(|d| d.join("agentwire"))
+                    .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
+            }
+        };
+        if !bin.is_file() {
+            bail!(
+                "broker binary {} not found: build it with `cargo build --release -p \
+                 agentwire-broker` (same profile and target dir as agentwire-bench), pass \
+                 --broker-bin PATH, or target a running broker with --server ADDR",
+                bin.display()
+            );
+        }
+        Ok(BrokerTarget::Spawn { bin, shards })
+    }
+
+    /// A one-line description for report headers.
+    pub fn describe(&self) -> String {
+        match self {
+            BrokerTarget::Spawn { bin, shards } => format!(
+                "fresh `{} serve` per run, shards {}",
+                bin.display(),
+                shards.map_or_else(|| "default (one per core)".to_owned(), |s| s.to_string())
+            ),
+            BrokerTarget::External(addr) => format!("running broker at {addr} (no CPU/RSS)"),
+        }
+    }
+
+    /// Starts a broker for one run (or just names the external one).
+    ///
+    /// # Errors
+    /// When the process cannot be started or does not accept connections in time.
+    pub fn start(&self) -> Result<Broker> {
+        match self {
+            BrokerTarget::External(addr) => Ok(Broker {
+                addr: addr.clone(),
+                process: None,
+            }),
+            BrokerTarget::Spawn { bin, shards } => {
+                let mut last_err = None;
+                for _ in 0..START_ATTEMPTS {
+                    match BrokerProcess::start(bin, *shards) {
+                        Ok(p) => {
+                            return Ok(Broker {
+                                addr: p.addr.to_string(),
+                                process: Some(p),
+                            })
+                        }
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+                Err(last_err.unwrap_or_else(|| anyhow!("broker did not start")))
+            }
+        }
+    }
+}
+
+/// The broker of one run.
+#[derive(Debug)]
+pub struct Broker {
+    addr: String,
+    process: Option<BrokerProcess>,
+}
+
+impl Broker {
+    /// The address clients connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The process, when this run started one.
+    pub fn process(&self) -> Option<&BrokerProcess> {
+        self.process.as_ref()
+    }
+
+    /// Stops the broker if this run started it.
+    ///
+    /// # Errors
+    /// When it had to be killed or its exit status says it failed.
+    pub fn stop(mut self) -> Result<()> {
+        match self.process.take() {
+            Some(p) => p.stop(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A started `agentwire serve` child process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    /// Whether `stop` ran (otherwise `Drop` kills the process).
+    stopped: bool,
+}
+
+impl BrokerProcess {
+    /// Starts the broker on a free loopback port and waits until it accepts.
+    fn start(bin: &Path, shards: Option<usize>) -> Result<BrokerProcess> {
+        let addr = free_port()?;
+        let log_path = std::env::temp_dir().join(format!(
+            "agentwire-bench-{}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg("--listen").arg(addr.to_string());
+        if let Some(s) = shards {
+            cmd.arg("--shards").arg(s.to_string());
+        }
+        // Per-connection info logs would cost the broker time in the conns scenario.
+        cmd.env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut p = BrokerProcess {
+            child,
+            addr,
+            log_path,
+            stopped: false,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                p.stopped = true;
+                bail!(
+                    "broker exited at start ({status}); its log: {}",
+                    p.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(p);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "broker did not accept on {addr} within {START_TIMEOUT:?}; its log: {}",
+                    p.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time and memory now.
+    ///
+    /// # Errors
+    /// When `/proc/PID` cannot be read (the process is gone).
+    pub fn sample(&self) -> Result<ProcSample> {
+        ProcSample::read(&format!("/proc/{}", self.pid()))
+    }
+
+    /// The last lines of the broker's stderr.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        if tail.is_empty() {
+            "(empty)".to_owned()
+        } else {
+            tail
+        }
+    }
+
+    /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL.
+    fn stop(mut self) -> Result<()> {
+        self.stopped = true;
+        let pid = rustix::process::Pid::from_child(&self.child);
+        if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
+            // Already gone: collect the status below.
+            if self.child.try_wait()?.is_none() {
+                return Err(anyhow!("cannot signal broker pid {pid:?}: {e}"));
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    let _ = std::fs::remove_file(&self.log_path);
+                    return Ok(());
+                }
+                bail!("broker exited with {status}; its log: {}", self.log_tail());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "broker did not stop within {STOP_GRACE:?} of SIGTERM and was killed; its \
+                     log ({}): {}",
+                    self.log_path.display(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> Result<SocketAddr> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// One reading of a process's CPU time and memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    /// utime + stime, seconds.
+    pub cpu_s: f64,
+    /// Peak resident set (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+    /// Resident set now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+}
+
+impl ProcSample {
+    /// Reads `{dir}/stat` and `{dir}/status` (`dir` is `/proc/PID` or `/proc/self`).
+    ///
+    /// # Errors
+    /// When either file cannot be read or parsed.
+    pub fn read(dir: &str) -> Result<ProcSample> {
+        let stat = std::fs::read_to_string(format!("{dir}/stat"))
+            .with_context(|| format!("cannot read {dir}/stat"))?;
+        let status = std::fs::read_to_string(format!("{dir}/status"))
+            .with_context(|| format!("cannot read {dir}/status"))?;
+        Ok(ProcSample {
+            cpu_s: parse_stat_cpu(&stat)
+                .ok_or_else(|| anyhow!("unexpected format of {dir}/stat"))?,
+            hwm_kib: parse_status_kib(&status, "VmHWM:").unwrap_or(0),
+            rss_kib: parse_status_kib(&status, "VmRSS:").unwrap_or(0),
+        })
+    }
+}
+
+/// utime + stime in seconds from the text of `/proc/PID/stat`. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after the last `)`.
+fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')': field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some((utime + stime) as f64 / hz as f64)
+}
+
+/// A `kB` value of `/proc/PID/status`.
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Host CPU time from the first line of `/proc/stat`, in ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostCpu {
+    total: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl HostCpu {
+    /// Reads `/proc/stat` (zeros if it cannot be read: the shares are then reported as 0).
+    pub fn read() -> HostCpu {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let mut h = HostCpu::default();
+        if let Some(line) = text.lines().next() {
+            // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
+            for (i, v) in line.split_whitespace().skip(1).take(8).enumerate() {
+                let v: u64 = v.parse().unwrap_or(0);
+                h.total += v;
+                if i == 3 || i == 4 {
+                    h.idle += v;
+                }
+                if i == 7 {
+                    h.steal += v;
+                }
+            }
+        }
+        h
+    }
+}
+
+/// Resource readings at the start of a measured window; [`Window::end`] gives the deltas.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    broker: Option<ProcSample>,
+    own_cpu_s: f64,
+    host: HostCpu,
+}
+
+/// What a measured window cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowUsage {
+    /// Broker CPU seconds (utime + stime) over the window; `None` for an external broker.
+    pub broker_cpu_s: Option<f64>,
+    /// This process's CPU seconds (all load-generating clients) over the window.
+    pub client_cpu_s: f64,
+    /// Share of host CPU time idle over the window, percent.
+    pub host_idle_pct: f64,
+    /// Share of host CPU time stolen by the hypervisor over the window, percent.
+    pub host_steal_pct: f64,
+}
+
+impl Window {
+    /// Takes the start readings.
+    pub fn begin(broker: Option<&BrokerProcess>) -> Window {
+        Window {
+            broker: broker.and_then(|b| b.sample().ok()),
+            own_cpu_s: own_cpu_s(),
+            host: HostCpu::read(),
+        }
+    }
+
+    /// Takes the end readings and returns the deltas.
+    pub fn end(&self, broker: Option<&BrokerProcess>) -> WindowUsage {
+        let after = broker.and_then(|b| b.sample().ok());
+        let host = HostCpu::read();
+        let dt = host.total.saturating_sub(self.host.total);
+        let pct = |a: u64, b: u64| {
+            if dt == 0 {
+                0.0
+            } else {
+                100.0 * b.saturating_sub(a) as f64 / dt as f64
+            }
+        };
+        WindowUsage {
+            broker_cpu_s: match (self.broker, after) {
+                (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s).max(0.0)),
+                _ => None,
+            },
+            client_cpu_s: (own_cpu_s() - self.own_cpu_s).max(0.0),
+            host_idle_pct: pct(self.host.idle, host.idle),
+            host_steal_pct: pct(self.host.steal, host.steal),
+        }
+    }
+}
+
+/// This process's CPU seconds so far.
+fn own_cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat_cpu(&s))
+        .unwrap_or(0.0)
+}
+
+/// Raises this process's soft open-file limit to its hard limit (children such as the broker
+/// inherit it). Returns the soft limit now in force.
+///
+/// # Errors
+/// When the limit cannot be set.
+pub fn raise_nofile_limit() -> Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return Ok(lim.current.unwrap_or(u64::MAX));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    )
+    .context("cannot raise RLIMIT_NOFILE")?;
+    Ok(lim.maximum.unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_in_name() {
+        let s = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
+        let hz = rustix::param::clock_ticks_per_second() as f64;
+        assert_eq!(parse_stat_cpu(s), Some(300.0 / hz));
+    }
+
+    #[test]
+    fn status_fields() {
+        let s = "Name:\tagentwire\nVmHWM:\t   13600 kB\nVmRSS:\t    9000 kB\n";
+        assert_eq!(parse_status_kib(s, "VmHWM:"), Some(13600));
+        assert_eq!(parse_status_kib(s, "VmRSS:"), Some(9000));
+        assert_eq!(parse_status_kib(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn own_process_sample() {
+        let s = ProcSample::read("/proc/self").expect("/proc/self is readable");
+        assert!(s.rss_kib > 0);
+        assert!(s.hwm_kib >= s.rss_kib);
+    }
+}
