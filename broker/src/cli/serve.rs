@@ -62,6 +62,30 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// Raises the soft open-file limit to the hard limit (each connection is a descriptor; the
+/// common soft default of 1,024 would cap the broker near 1,000 clients) and warns when the
+/// result is below `max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if let Some(n) = now {
+        if (n as usize) < max_connections {
+            tracing::warn!(
+                open_files = n,
+                max_connections,
+                "the open-file limit is below max_connections: connections past it will be refused by the OS"
+            );
+        }
+    }
+}
+
 pub(crate) fn run(a: ServeArgs) -> ExitCode {
     let cfg = match build_config(&a) {
         Ok(c) => c,
@@ -70,6 +94,7 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    raise_fd_limit(cfg.limits.max_connections + 64);
     let handle = match agentwire_broker::server::start(cfg) {
         Ok(h) => h,
         Err(e) => {
