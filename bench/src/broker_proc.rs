@@ -144,12 +144,16 @@ impl Broker {
     }
 }
 
-/// A started `agentwire serve` child process.
+/// A started server child process: `agentwire serve`, or a peer broker in `compare`.
 #[derive(Debug)]
 pub struct BrokerProcess {
     child: Child,
     addr: SocketAddr,
     log_path: PathBuf,
+    /// What it is called in messages ("broker", "nats-server", ...).
+    name: String,
+    /// Whether a non-success exit status after SIGTERM is an error.
+    strict_exit: bool,
     /// Whether `stop` ran (otherwise `Drop` kills the process).
     stopped: bool,
 }
@@ -158,30 +162,50 @@ impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts.
     fn start(bin: &Path, shards: Option<usize>) -> Result<BrokerProcess> {
         let addr = free_port()?;
-        let log_path = std::env::temp_dir().join(format!(
-            "agentwire-bench-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
-        let log = File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--listen").arg(addr.to_string());
         if let Some(s) = shards {
             cmd.arg("--shards").arg(s.to_string());
         }
         // Per-connection info logs would cost the broker time in the conns scenario.
-        cmd.env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        cmd.env("RUST_LOG", "warn");
+        BrokerProcess::spawn(cmd, addr, "broker", true)
+    }
+
+    /// Starts `cmd` (a server that will listen on `addr`, a loopback address) with its stderr
+    /// in a log file under the temp dir, and waits until `addr` accepts. `name` names it in
+    /// messages; with `strict_exit` an exit status other than success after SIGTERM is an
+    /// error (peer servers that die of the signal are fine without it). This is how `compare`
+    /// runs the peer brokers too, so they are sampled and stopped the same way.
+    ///
+    /// # Errors
+    /// When the process cannot be started, exits, or does not accept within the start timeout.
+    pub fn spawn(
+        mut cmd: Command,
+        addr: SocketAddr,
+        name: &str,
+        strict_exit: bool,
+    ) -> Result<BrokerProcess> {
+        let log_path = std::env::temp_dir().join(format!(
+            "agentwire-bench-{}-{}-{}.log",
+            name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id(),
+            addr.port()
+        ));
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
         let child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         let mut p = BrokerProcess {
             child,
             addr,
             log_path,
+            name: name.to_owned(),
+            strict_exit,
             stopped: false,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -189,7 +213,7 @@ impl BrokerProcess {
             if let Some(status) = p.child.try_wait()? {
                 p.stopped = true;
                 bail!(
-                    "broker exited at start ({status}); its log: {}",
+                    "{name} exited at start ({status}); its log: {}",
                     p.log_tail()
                 );
             }
@@ -198,7 +222,7 @@ impl BrokerProcess {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "broker did not accept on {addr} within {START_TIMEOUT:?}; its log: {}",
+                    "{name} did not accept on {addr} within {START_TIMEOUT:?}; its log: {}",
                     p.log_tail()
                 );
             }
@@ -232,29 +256,33 @@ impl BrokerProcess {
     }
 
     /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL.
-    fn stop(mut self) -> Result<()> {
+    ///
+    /// # Errors
+    /// When it had to be killed, or (with `strict_exit`) its exit status says it failed.
+    pub fn stop(mut self) -> Result<()> {
+        let name = std::mem::take(&mut self.name);
         self.stopped = true;
         let pid = rustix::process::Pid::from_child(&self.child);
         if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
             // Already gone: collect the status below.
             if self.child.try_wait()?.is_none() {
-                return Err(anyhow!("cannot signal broker pid {pid:?}: {e}"));
+                return Err(anyhow!("cannot signal {name} pid {pid:?}: {e}"));
             }
         }
         let deadline = Instant::now() + STOP_GRACE;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                if status.success() {
+                if status.success() || !self.strict_exit {
                     let _ = std::fs::remove_file(&self.log_path);
                     return Ok(());
                 }
-                bail!("broker exited with {status}; its log: {}", self.log_tail());
+                bail!("{name} exited with {status}; its log: {}", self.log_tail());
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 bail!(
-                    "broker did not stop within {STOP_GRACE:?} of SIGTERM and was killed; its \
+                    "{name} did not stop within {STOP_GRACE:?} of SIGTERM and was killed; its \
                      log ({}): {}",
                     self.log_path.display(),
                     self.log_tail()
@@ -275,7 +303,10 @@ impl Drop for BrokerProcess {
 }
 
 /// A loopback address with a port that was free a moment ago.
-fn free_port() -> Result<SocketAddr> {
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> Result<SocketAddr> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }

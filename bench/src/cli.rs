@@ -1,5 +1,5 @@
 //! Command-line interface: the flags every command shares, one subcommand per scenario plus
-//! `suite` and `ci`, and the dispatch from a parsed command to its run.
+//! `suite`, `compare` and `ci`, and the dispatch from a parsed command to its run.
 //!
 //! Exit codes: 0 success, 1 a run failed (loss, error, missed target or floor), 2 bad usage.
 
@@ -17,7 +17,7 @@ use crate::scenarios::rate::RateParams;
 use crate::scenarios::reqrep::ReqRepParams;
 use crate::scenarios::{self, RunOptions, Spec};
 use crate::suite::{self, Output, SuiteArgs};
-use crate::{ci, report};
+use crate::{ci, compare, report};
 
 /// Exit code for bad usage.
 const EXIT_USAGE: u8 = 2;
@@ -71,6 +71,9 @@ enum Command {
     Conns(ConnsParams),
     /// The standard set of cases with targets, repetitions interleaved.
     Suite(SuiteArgs),
+    /// The suite's throughput and request/reply cases on agentwire, nats-server and Zenoh,
+    /// interleaved, with ratios (sets the peers up when missing).
+    Compare(compare::CompareArgs),
     /// Short runs that fail below the CI floors.
     Ci,
 }
@@ -130,6 +133,7 @@ pub fn main() -> ExitCode {
             Command::Rate(p) => single(Spec::Rate(p), &target, opts, out).await,
             Command::Conns(p) => single(Spec::Conns(p), &target, opts, out).await,
             Command::Suite(a) => run_suite(&a, &target, &opts, out).await,
+            Command::Compare(a) => run_compare(&a, &target, &opts, out).await,
             Command::Ci => ci::run(&target, &opts, out).await,
         }
     })
@@ -192,6 +196,23 @@ async fn run_suite(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Runs the side-by-side comparison and prints its table.
+async fn run_compare(
+    a: &compare::CompareArgs,
+    target: &BrokerTarget,
+    opts: &RunOptions,
+    out: Output,
+) -> ExitCode {
+    match compare::run(a, target, opts, out).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("agentwire-bench compare: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
