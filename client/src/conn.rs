@@ -118,7 +118,7 @@ pub(crate) struct Inner {
     pub(crate) info: ServerInfo,
     pub(crate) settings: Settings,
     /// Outbound buffer, flush waiters and close flags.
-    pub(crate) write: Mutex<WriteState>,
+    pub(crate) write: parking_lot::Mutex<WriteState>,
     /// Wakes the writer when the buffer goes from empty to non-empty, and on close.
     pub(crate) writer_wake: Notify,
     /// Wakes publishers waiting for buffer space, after every write and on teardown.
@@ -156,7 +156,7 @@ impl Inner {
         Inner {
             info,
             settings,
-            write: Mutex::new(WriteState::default()),
+            write: parking_lot::Mutex::new(WriteState::default()),
             writer_wake: Notify::new(),
             drained: Notify::new(),
             subs: Mutex::new(FxHashMap::default()),
@@ -274,7 +274,7 @@ impl Inner {
             // Every completed write wakes us; none for a whole request timeout means the socket
             // accepts nothing: the server is not reading.
             if tokio::time::timeout(after, notified).await.is_err() {
-                let w = lock(&self.write);
+                let w = self.write.lock();
                 return Err(Error::WriteStalled {
                     after,
                     pending: w.buf.len() + w.in_flight,
@@ -289,7 +289,7 @@ impl Inner {
     where
         F: FnMut(&mut BytesMut) -> Result<(), Error>,
     {
-        let mut w = lock(&self.write);
+        let mut w = self.write.lock();
         if w.closed || w.closing {
             return Some(Err(Error::Closed));
         }
@@ -316,7 +316,7 @@ impl Inner {
         &self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let mut w = lock(&self.write);
+        let mut w = self.write.lock();
         if w.closed {
             return Err(Error::Closed);
         }
@@ -331,7 +331,7 @@ impl Inner {
 
     /// Sends a PING and registers a waiter resolved by the matching PONG.
     pub(crate) fn ping(&self) -> Result<oneshot::Receiver<Result<(), CloseReason>>, Error> {
-        let mut w = lock(&self.write);
+        let mut w = self.write.lock();
         if w.closed || w.closing {
             return Err(Error::Closed);
         }
@@ -396,7 +396,7 @@ impl Inner {
     /// the socket down and tears the connection down.
     pub(crate) fn begin_close(&self) {
         self.closed.store(true, Ordering::Release);
-        let mut w = lock(&self.write);
+        let mut w = self.write.lock();
         if w.closed || w.closing {
             return;
         }
@@ -441,7 +441,7 @@ impl Inner {
             .unwrap_or(CloseReason::Closed);
         self.closed.store(true, Ordering::Release);
         let waiters = {
-            let mut w = lock(&self.write);
+            let mut w = self.write.lock();
             if w.closed {
                 return;
             }
@@ -481,7 +481,7 @@ impl Inner {
     }
 
     pub(crate) fn statistics(&self) -> Statistics {
-        let out_msgs = lock(&self.write).out_msgs;
+        let out_msgs = self.write.lock().out_msgs;
         Statistics {
             out_msgs,
             out_bytes: self.out_bytes.load(Ordering::Relaxed),

@@ -177,7 +177,7 @@ fn process_batch(inner: &Inner, batch: &Bytes) -> Result<Option<ServerError>, De
     }
     if pongs > 0 {
         let waiters: Vec<_> = {
-            let mut w = lock(&inner.write);
+            let mut w = inner.write.lock();
             let n = pongs.min(w.pong_waiters.len());
             w.pong_waiters.drain(..n).collect()
         };

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::conn::{lock, Inner, Origin};
+use crate::conn::{Inner, Origin};
 use crate::error::CloseReason;
 
 /// Initial capacity of each of the two write buffers.
@@ -31,7 +31,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
     let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
     loop {
         let step = {
-            let mut w = lock(&inner.write);
+            let mut w = inner.write.lock();
             if w.closed {
                 Step::Stop
             } else if !w.buf.is_empty() {
@@ -63,7 +63,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
                     .out_bytes
                     .fetch_add(out.len() as u64, Ordering::Relaxed);
                 out.clear();
-                lock(&inner.write).in_flight = 0;
+                inner.write.lock().in_flight = 0;
                 inner.drained.notify_waiters();
             }
         }
