@@ -51,11 +51,19 @@ pub enum ErrorCode {
     Internal = 18,
     /// A PUB whose header block is not well formed. The message is dropped.
     InvalidHeaders = 19,
+    /// A control-plane frame whose body does not validate, or whose fields break their rules
+    /// (the message names the field). The frame is dropped.
+    InvalidControl = 20,
+    /// HEARTBEAT or DEREGISTER on a connection that is not registered, or a second REGISTER on
+    /// one that is. The frame is dropped.
+    NotRegistered = 21,
+    /// REGISTER with an instance id that another live connection holds. The frame is dropped.
+    DuplicateInstance = 22,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (the table of record).
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::UnsupportedVersion,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
@@ -75,6 +83,9 @@ impl ErrorCode {
         ErrorCode::UnexpectedOp,
         ErrorCode::Internal,
         ErrorCode::InvalidHeaders,
+        ErrorCode::InvalidControl,
+        ErrorCode::NotRegistered,
+        ErrorCode::DuplicateInstance,
     ];
 
     /// The numeric value on the wire.
@@ -110,6 +121,9 @@ impl ErrorCode {
             ErrorCode::UnexpectedOp => "unexpected_op",
             ErrorCode::Internal => "internal",
             ErrorCode::InvalidHeaders => "invalid_headers",
+            ErrorCode::InvalidControl => "invalid_control",
+            ErrorCode::NotRegistered => "not_registered",
+            ErrorCode::DuplicateInstance => "duplicate_instance",
         }
     }
 
@@ -196,6 +210,9 @@ pub enum EncodeError {
         /// The computed frame length.
         len: usize,
     },
+    /// A control body could not be archived.
+    #[error("control body could not be archived")]
+    ControlBody,
 }
 
 /// Why a subject, pattern or queue name is invalid.

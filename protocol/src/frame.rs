@@ -60,6 +60,20 @@ pub mod op {
     pub const UNSUB: u8 = 0x12;
     /// Server → client: a message delivered to a subscription.
     pub const MSG: u8 = 0x13;
+    /// Client → server: register this connection as an instance of a component (rkyv body).
+    pub const REGISTER: u8 = 0x40;
+    /// Server → client: registration accepted, with the current config (rkyv body).
+    pub const REGISTERED: u8 = 0x41;
+    /// Client → server: heartbeat with load (rkyv body).
+    pub const HEARTBEAT: u8 = 0x42;
+    /// Client → server: end this connection's registration (no body).
+    pub const DEREGISTER: u8 = 0x43;
+    /// Server → client: the component's config changed (rkyv body).
+    pub const CONFIG: u8 = 0x44;
+    /// Client → server: list live instances (rkyv body).
+    pub const DISCOVER: u8 = 0x45;
+    /// Server → client: answer to DISCOVER (rkyv body).
+    pub const DISCOVERED: u8 = 0x46;
     /// First op code reserved for control-plane ops (registration, config, ...).
     pub const CONTROL_FIRST: u8 = 0x40;
     /// Last op code reserved for control-plane ops.

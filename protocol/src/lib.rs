@@ -4,11 +4,13 @@
 //! - [`encode`]: encoders into a caller's `BytesMut`.
 //! - [`subject`]: the subject, pattern and queue grammar.
 //! - [`headers`]: the message header block.
+//! - [`control`]: control-plane bodies (registration, heartbeats, config push, discovery).
 //! - [`error`]: typed errors and the table of stable wire error codes.
 //!
 //! The full specification, written for implementers in other languages, is `PROTOCOL.md` beside
 //! this crate's `Cargo.toml`.
 
+pub mod control;
 pub mod encode;
 pub mod error;
 pub mod frame;
