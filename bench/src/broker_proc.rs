@@ -156,20 +156,38 @@ pub struct BrokerProcess {
     strict_exit: bool,
     /// Whether `stop` ran (otherwise `Drop` kills the process).
     stopped: bool,
+    /// The started broker's admin API address (agentwire only).
+    pub admin_addr: Option<SocketAddr>,
+    /// The started broker's data directory, removed when the process is dropped.
+    data_dir: Option<PathBuf>,
 }
 
 impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts.
     fn start(bin: &Path, shards: Option<usize>) -> Result<BrokerProcess> {
         let addr = free_port()?;
+        let admin = free_port()?;
+        let data_dir = std::env::temp_dir().join(format!(
+            "agentwire-bench-data-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--listen").arg(addr.to_string());
+        cmd.arg("--admin").arg(admin.to_string());
+        cmd.arg("--data-dir").arg(&data_dir);
         if let Some(s) = shards {
             cmd.arg("--shards").arg(s.to_string());
         }
+        if let Ok(r) = std::env::var("AGENTWIRE_BENCH_ROUTING") {
+            cmd.arg("--routing").arg(r);
+        }
         // Per-connection info logs would cost the broker time in the conns scenario.
         cmd.env("RUST_LOG", "warn");
-        BrokerProcess::spawn(cmd, addr, "broker", true)
+        let mut p = BrokerProcess::spawn(cmd, addr, "broker", true)?;
+        p.admin_addr = Some(admin);
+        p.data_dir = Some(data_dir);
+        Ok(p)
     }
 
     /// Starts `cmd` (a server that will listen on `addr`, a loopback address) with its stderr
@@ -207,6 +225,8 @@ impl BrokerProcess {
             name: name.to_owned(),
             strict_exit,
             stopped: false,
+            admin_addr: None,
+            data_dir: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -298,6 +318,9 @@ impl Drop for BrokerProcess {
         if !self.stopped {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(d) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }

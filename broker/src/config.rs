@@ -13,6 +13,15 @@
 //! max_subscriptions = 65536       # per connection
 //! max_pending = 67108864          # outbound bytes buffered per connection
 //! write_deadline_ms = 10000       # a write that makes no progress this long: slow consumer
+//! [admin]
+//! listen = "127.0.0.1:8480"       # HTTP admin API, /metrics, dashboard (library default: off)
+//! data_dir = "./agentwire-data"   # config center + metrics samples (library default: in memory)
+//! heartbeat_ms = 1000             # heartbeat interval asked of registered components
+//! unhealthy_after = 3             # missed intervals before an instance is unhealthy
+//! remove_after = 10               # missed intervals before it is removed
+//! routing = "load"                # queue groups: "load" (power of two choices) or "round-robin"
+//! metrics_sample_ms = 10000       # how often a metrics sample is stored
+//! metrics_retention_s = 2592000   # stored samples older than this are deleted (30 days)
 //! ```
 
 use std::net::SocketAddr;
@@ -75,6 +84,67 @@ impl Limits {
     }
 }
 
+/// How queue groups choose the member that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    /// Power of two choices on the least load (outstanding requests, reply latency, pending
+    /// bytes, heartbeat load); unhealthy members get nothing while a healthy one exists.
+    #[default]
+    Load,
+    /// Each member in turn.
+    RoundRobin,
+}
+
+impl std::str::FromStr for RoutingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "load" => Ok(RoutingPolicy::Load),
+            "round-robin" => Ok(RoutingPolicy::RoundRobin),
+            _ => Err(format!("unknown routing policy {s:?} (load, round-robin)")),
+        }
+    }
+}
+
+/// The admin plane: registry, config center, metrics and the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP admin API (`/api/v1/...`, `/metrics`); `None`: no HTTP listener.
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded database; `None`: an in-memory database (nothing survives a
+    /// restart; the `agentwire serve` default is `./agentwire-data`).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Heartbeat interval asked of registered components, ms (default 1000).
+    pub heartbeat_ms: u32,
+    /// Missed heartbeat intervals before an instance is marked unhealthy (default 3).
+    pub unhealthy_after: u32,
+    /// Missed heartbeat intervals before an instance is removed (default 10).
+    pub remove_after: u32,
+    /// Queue-group member choice (default `load`).
+    pub routing: RoutingPolicy,
+    /// How often a metrics sample is written to `performance_metrics`, ms (default 10,000).
+    pub metrics_sample_ms: u64,
+    /// Age after which stored samples are deleted, seconds (default 30 days).
+    pub metrics_retention_s: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            data_dir: None,
+            heartbeat_ms: 1000,
+            unhealthy_after: 3,
+            remove_after: 10,
+            routing: RoutingPolicy::Load,
+            metrics_sample_ms: 10_000,
+            metrics_retention_s: 30 * 24 * 3600,
+        }
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,6 +164,8 @@ pub struct Config {
     pub match_cache: usize,
     /// How long shutdown waits for buffered data to reach clients (default 5 s).
     pub shutdown_grace_ms: u64,
+    /// The admin plane.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -108,6 +180,7 @@ impl Default for Config {
             cross_shard_queue: 32,
             match_cache: 16_384,
             shutdown_grace_ms: 5_000,
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -192,6 +265,19 @@ impl Config {
         }
         if self.match_cache == 0 {
             return bad("match_cache must be at least 1");
+        }
+        let a = &self.admin;
+        if a.heartbeat_ms < 10 || a.heartbeat_ms > 3_600_000 {
+            return bad("admin.heartbeat_ms must be between 10 and 3600000");
+        }
+        if a.unhealthy_after == 0 || a.remove_after <= a.unhealthy_after {
+            return bad("admin.unhealthy_after must be at least 1 and below admin.remove_after");
+        }
+        if a.metrics_sample_ms < 100 {
+            return bad("admin.metrics_sample_ms must be at least 100");
+        }
+        if a.metrics_retention_s == 0 {
+            return bad("admin.metrics_retention_s must be at least 1");
         }
         Ok(())
     }

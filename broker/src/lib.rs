@@ -1,5 +1,7 @@
 //! agentwire-broker: the shard-per-core message broker behind the `agentwire` binary.
 //!
+//! - [`admin`] — the admin plane: registry, config center, load records, histograms, metrics,
+//!   HTTP API.
 //! - [`config`] — configuration, limits and their defaults (TOML file + flags).
 //! - [`server`] — start-up, the acceptor, shutdown.
 //! - `shard` — one thread and event loop per shard; connections, batching, cross-shard queues.
@@ -14,6 +16,7 @@
 //! # Ok::<(), agentwire_broker::server::StartError>(())
 //! ```
 
+pub mod admin;
 pub mod config;
 pub mod routing;
 pub mod server;

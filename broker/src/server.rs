@@ -38,12 +38,16 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The admin plane's database cannot be opened.
+    #[error("cannot open the data directory: {0}")]
+    Store(#[from] crate::admin::store::StoreError),
 }
 
 /// A running server.
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     global: Arc<Global>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -53,6 +57,11 @@ impl ServerHandle {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP admin API's address, when configured (`admin.listen`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The state shared by the shards (routing table, counters, configuration).
@@ -126,9 +135,11 @@ pub fn start_with_listener(
     config.validate()?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let global = Arc::new(Global::new(config, new_server_id()));
+    let global = Arc::new(Global::new(config, new_server_id())?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
+    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone())?;
+    threads.push(admin.thread);
     let mut senders = Vec::new();
     for id in 0..global.shards.len() {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -164,8 +175,12 @@ pub fn start_with_listener(
         max_connections = global.config.limits.max_connections,
         "agentwire listening"
     );
+    if let Some(a) = admin_addr {
+        tracing::info!(%a, "admin API listening");
+    }
     Ok(ServerHandle {
         addr,
+        admin_addr,
         global,
         stop,
         threads,

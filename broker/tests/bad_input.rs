@@ -176,12 +176,43 @@ async fn invalid_subjects_unknown_ops_and_unexpected_ops() {
     assert_eq!(c, code(ErrorCode::InvalidQueue));
 
     // Unknown op and a reserved control-plane op: skipped, connection stays.
-    for op in [0x20u8, 0x41, 0xff] {
+    for op in [0x20u8, 0x50, 0xff] {
         raw.send(&[9, 0, 0, 0, op, 0, 1, 2, 3]).await;
         let (c, fatal, msg) = raw.expect_err().await;
         assert_eq!(c, code(ErrorCode::UnknownOp), "{msg}");
         assert!(!fatal);
     }
+    // Control-plane ops with bodies that do not validate, or out of turn: dropped, named.
+    for op in [0x40u8, 0x42, 0x45] {
+        raw.send(&[9, 0, 0, 0, op, 0, 1, 2, 3]).await;
+        let (c, fatal, msg) = raw.expect_err().await;
+        assert_eq!(c, code(ErrorCode::InvalidControl), "{op:#x}: {msg}");
+        assert!(!fatal);
+    }
+    let mut b = BytesMut::new();
+    proto::control::encode_control(&mut b, &proto::control::Heartbeat::default()).expect("encode");
+    raw.send(&b).await;
+    let (c, fatal, msg) = raw.expect_err().await;
+    assert_eq!(c, code(ErrorCode::NotRegistered), "{msg}");
+    assert!(!fatal);
+    let mut b = BytesMut::new();
+    proto::control::encode_control(
+        &mut b,
+        &proto::control::Registration {
+            component: "bad component".into(),
+            instance_id: "i".into(),
+            ..Default::default()
+        },
+    )
+    .expect("encode");
+    raw.send(&b).await;
+    let (c, _, msg) = raw.expect_err().await;
+    assert_eq!(c, code(ErrorCode::InvalidControl));
+    assert!(msg.contains("component"), "{msg}");
+    // A server-only control op from a client.
+    raw.send(&[6, 0, 0, 0, 0x44, 0]).await;
+    let (c, _, _) = raw.expect_err().await;
+    assert_eq!(c, code(ErrorCode::UnexpectedOp));
     // A server-only op from a client.
     let mut b = BytesMut::new();
     proto::encode_msg(&mut b, 1, 0, b"a", b"", b"", b"x").expect("encode");

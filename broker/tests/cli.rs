@@ -17,13 +17,24 @@ fn free_addr() -> SocketAddr {
 struct Broker {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
+    data_dir: std::path::PathBuf,
 }
 
 impl Broker {
     fn start(extra: &[&str]) -> Broker {
         let addr = free_addr();
+        let admin = free_addr();
+        let data_dir = std::env::temp_dir().join(format!(
+            "agentwire-cli-test-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -37,7 +48,12 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Broker { child, addr }
+        Broker {
+            child,
+            addr,
+            admin,
+            data_dir,
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -64,6 +80,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
@@ -215,4 +232,143 @@ fn sigterm_flushes_and_exits_zero() {
         .expect("sub exits when the broker goes");
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+}
+
+fn admin_tool(args: &[&str], admin: SocketAddr) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--admin", &admin.to_string()])
+        .output()
+        .expect("run agentwire admin command")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn admin_commands_through_the_cli() {
+    let broker = Broker::start(&["--shards", "2"]);
+    let a = broker.admin;
+    let o = admin_tool(&["status"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("no registered components"),
+        "{}",
+        text(&o)
+    );
+
+    // Unknown component without --create: exit 1 and the API's message.
+    let o = admin_tool(&["config", "set", "planner", "mode=fast"], a);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("unknown_component"), "{}", text(&o));
+    let o = admin_tool(
+        &[
+            "config",
+            "set",
+            "planner",
+            "mode=fast",
+            "depth=3",
+            "--create",
+        ],
+        a,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("version 1"), "{}", text(&o));
+    let o = admin_tool(
+        &[
+            "config",
+            "set",
+            "planner",
+            "depth=4",
+            "--unset",
+            "mode",
+            "--expected-version",
+            "1",
+        ],
+        a,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = admin_tool(
+        &[
+            "config",
+            "set",
+            "planner",
+            "depth=5",
+            "--expected-version",
+            "1",
+        ],
+        a,
+    );
+    assert_eq!(o.status.code(), Some(1), "stale version: {}", text(&o));
+    assert!(text(&o).contains("409"), "{}", text(&o));
+    let o = admin_tool(&["config", "set", "planner", "novalue"], a);
+    assert_eq!(o.status.code(), Some(2), "usage error: {}", text(&o));
+    let o = admin_tool(&["config", "rollback", "planner", "1"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = admin_tool(&["config", "get", "planner", "--json"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["values"]["mode"], "fast");
+    assert_eq!(v["values"]["depth"], "3");
+    let o = admin_tool(&["config", "history", "planner"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("rollback to 1") && t.contains("v2") && t.contains("v1"),
+        "{t}"
+    );
+
+    // A registered component shows up in `components` and `status`.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt.block_on(async {
+        let c = agentwire_client::connect(&broker.addr.to_string())
+            .await
+            .expect("connect");
+        let m = c
+            .register(agentwire_client::Registration {
+                component: "planner".into(),
+                instance_id: "planner-7".into(),
+                version: "2.1.0".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+        assert_eq!(m.config().version(), 3);
+        (c, m)
+    });
+    let o = admin_tool(&["components"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("planner-7"), "{}", text(&o));
+    let o = admin_tool(&["components", "planner", "--json"], a);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["instances"][0]["version"], "2.1.0");
+    let o = admin_tool(&["status"], a);
+    assert!(
+        text(&o).contains("planner") && text(&o).contains("2.1.0"),
+        "{}",
+        text(&o)
+    );
+    let o = admin_tool(&["top", "--iterations", "2", "--interval-ms", "100"], a);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("msg/s"), "{}", text(&o));
+    for cmd in ["optimize", "deployment"] {
+        let o = admin_tool(&[cmd], a);
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+        let _: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    }
+    drop(client);
+
+    // Nothing listening: exit 1 with what to do.
+    let o = admin_tool(&["status"], free_addr());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("agentwire serve"), "{}", text(&o));
 }

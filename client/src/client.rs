@@ -9,8 +9,11 @@ use agentwire_protocol::{encode_unsub, validate_pattern, validate_queue};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use agentwire_protocol::control::{InstanceInfo, Registration};
+
 use crate::conn::{lock, Inner, ReplyOutcome, SubEntry, SubKind};
 use crate::connect::random_token;
+use crate::control::{ConfigWatch, DiscoverQuery, Membership};
 use crate::error::{Error, ServerError};
 use crate::headers::Headers;
 use crate::message::{Message, OutboundMessage};
@@ -474,6 +477,85 @@ impl Client {
     /// The last non-fatal ERR the server sent (for example an unknown sid), if any.
     pub fn last_error(&self) -> Option<ServerError> {
         lock(&self.inner.last_error).clone()
+    }
+
+    /// Registers this connection as an instance of a component, and starts heartbeats.
+    ///
+    /// The registration is checked here first ([`Registration::validate`]), then sent; this
+    /// waits (bounded by the request timeout) for the server's REGISTERED, which carries the
+    /// heartbeat interval and the component's current config. From then on a background task
+    /// sends a heartbeat every interval the server gave, with the load set on the returned
+    /// [`Membership`], and every newer config arrives on [`Membership::config_watch`]. A
+    /// connection registers once; the registration ends with [`Membership::deregister`] or when
+    /// the connection closes.
+    ///
+    /// ```no_run
+    /// use agentwire_client::{Error, ErrorCode, Registration};
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let registration = Registration {
+    ///     component: "planner".into(),
+    ///     instance_id: "planner-1".into(),
+    ///     ..Registration::default()
+    /// };
+    /// match client.register(registration).await {
+    ///     Ok(membership) => println!("registered; config v{}", membership.config().version()),
+    ///     Err(Error::Registration(e)) if e.error_code() == Some(ErrorCode::DuplicateInstance) => {
+    ///         eprintln!("planner-1 is already running elsewhere");
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidControl`] naming the field that breaks its rule (nothing is sent),
+    /// [`Error::Registration`] when the server refuses (e.g. `duplicate_instance`; the
+    /// connection stays open and another registration may be tried),
+    /// [`Error::AlreadyRegistered`] on a second call, [`Error::ControlTimeout`] without an
+    /// answer in time, [`Error::Closed`] or [`Error::Server`] when the connection closes first.
+    pub async fn register(&self, registration: Registration) -> Result<Membership, Error> {
+        crate::control::register(self, registration).await
+    }
+
+    /// The handle of this connection's registration, while it is registered.
+    pub fn membership(&self) -> Option<Membership> {
+        crate::control::membership(self)
+    }
+
+    /// The registered component's config as a stream: the current version first, then every
+    /// newer one ([`Membership::config_watch`]).
+    ///
+    /// # Errors
+    /// [`Error::NotRegistered`] unless the connection is registered.
+    pub fn config_watch(&self) -> Result<ConfigWatch, Error> {
+        self.membership()
+            .map(|m| m.config_watch())
+            .ok_or(Error::NotRegistered)
+    }
+
+    /// Lists the live component instances matching `query`, as the server's registry sees them
+    /// (health, load, metadata). Does not need this connection to be registered; several
+    /// discoveries may be in flight at once.
+    ///
+    /// ```no_run
+    /// use agentwire_client::DiscoverQuery;
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let query = DiscoverQuery::new().capability("plan");
+    /// let least_loaded = client
+    ///     .discover(query)
+    ///     .await?
+    ///     .into_iter()
+    ///     .filter(|i| i.healthy)
+    ///     .min_by_key(|i| i.load.in_flight);
+    /// # drop(least_loaded); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidControl`] for a filter that is neither empty nor a name (nothing is
+    /// sent), [`Error::ControlTimeout`] without an answer within the request timeout,
+    /// [`Error::Closed`] or [`Error::Server`] when the connection closes first.
+    pub async fn discover(&self, query: DiscoverQuery) -> Result<Vec<InstanceInfo>, Error> {
+        crate::control::discover(self, query).await
     }
 
     /// The fatal ERR that closed the connection, if the server closed it with one.

@@ -6,10 +6,13 @@
 //! - the writer task ([`crate::writer`]) swaps the write buffer out and writes it to the socket;
 //! - the reader task ([`crate::reader`]) decodes frames and dispatches them to subscriptions,
 //!   pending requests and flush waiters;
+//! - the control plane ([`crate::control`]) keeps the registration, heartbeat task and pending
+//!   discoveries under `control`;
 //! - [`Inner::teardown`] (called once by whichever side sees the end) fails everything pending.
 //!
 //! Locks are `std` mutexes, never held across an `.await`. Lock order: `subs` before `write`,
-//! `subs` before `requests`; nothing takes `subs` while holding another of them.
+//! `subs` before `requests`, `subs` before `control` before `write`; nothing takes `subs` while
+//! holding another of them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -22,6 +25,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 
+use crate::control::ControlState;
 use crate::error::{CloseReason, Error, ServerError};
 use crate::headers::Headers;
 use crate::message::Message;
@@ -59,6 +63,8 @@ pub(crate) struct WriteState {
     pub(crate) in_flight: usize,
     /// One waiter per PING this client sent, in order; each PONG resolves the front one.
     pub(crate) pong_waiters: VecDeque<oneshot::Sender<Result<(), CloseReason>>>,
+    /// PINGs sent since the handshake: the n-th PONG the reader sees answers PING number n.
+    pub(crate) pings_sent: u64,
     /// Graceful close requested: accept nothing new, write what is buffered, then shut down.
     pub(crate) closing: bool,
     /// Torn down: accept nothing, write nothing.
@@ -142,6 +148,10 @@ pub(crate) struct Inner {
     pub(crate) done: Notify,
     pub(crate) close_reason: OnceLock<CloseReason>,
     pub(crate) last_error: Mutex<Option<ServerError>>,
+    /// Registration, heartbeats and pending discoveries.
+    pub(crate) control: Mutex<ControlState>,
+    /// PONGs the reader has seen since the handshake (only the reader writes it).
+    pub(crate) pongs_seen: AtomicU64,
     pub(crate) reader_task: Mutex<Option<AbortHandle>>,
     pub(crate) writer_task: Mutex<Option<AbortHandle>>,
     pub(crate) in_msgs: AtomicU64,
@@ -171,6 +181,8 @@ impl Inner {
             done: Notify::new(),
             close_reason: OnceLock::new(),
             last_error: Mutex::new(None),
+            control: Mutex::new(ControlState::default()),
+            pongs_seen: AtomicU64::new(0),
             reader_task: Mutex::new(None),
             writer_task: Mutex::new(None),
             in_msgs: AtomicU64::new(0),
@@ -337,6 +349,7 @@ impl Inner {
         }
         let (tx, rx) = oneshot::channel();
         w.pong_waiters.push_back(tx);
+        w.pings_sent += 1;
         let was_empty = w.buf.is_empty();
         agentwire_protocol::encode_ping(&mut w.buf);
         drop(w);
@@ -344,6 +357,37 @@ impl Inner {
             self.writer_wake.notify_one();
         }
         Ok(rx)
+    }
+
+    /// Appends the frames produced by `encode` followed by a PING, in one step (without waiting
+    /// for buffer space: control frames are small). Returns the PING's number, which the reader
+    /// compares with the PONGs it has seen to know whether the server has processed the frames.
+    pub(crate) fn send_with_ping(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let mut w = self.write.lock();
+        if w.closed || w.closing {
+            return Err(Error::Closed);
+        }
+        let was_empty = w.buf.is_empty();
+        let mark = w.buf.len();
+        if let Err(e) = encode(&mut w.buf) {
+            w.buf.truncate(mark);
+            return Err(e);
+        }
+        // The PONG must resolve a waiter of its own to keep PONGs and waiters in step; nobody
+        // waits on this one.
+        let (tx, _) = oneshot::channel();
+        w.pong_waiters.push_back(tx);
+        w.pings_sent += 1;
+        let seq = w.pings_sent;
+        agentwire_protocol::encode_ping(&mut w.buf);
+        drop(w);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(seq)
     }
 
     /// Sends a PING and waits for its PONG, bounded by the request timeout.
@@ -461,6 +505,7 @@ impl Inner {
         for (_, tx) in requests {
             let _ = tx.send(ReplyOutcome::Closed(reason.clone()));
         }
+        crate::control::on_teardown(self);
         if origin != Origin::Reader {
             if let Some(h) = lock(&self.reader_task).take() {
                 h.abort();

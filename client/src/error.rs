@@ -210,6 +210,58 @@ pub enum Error {
         /// The message's subject.
         subject: String,
     },
+    /// A [`crate::Registration`] or [`crate::DiscoverQuery`] field breaks its rule (nothing was
+    /// sent), or the server's REGISTERED body did not validate (the registration's state is then
+    /// unknown, as after a timeout).
+    #[error("invalid {what}: {field}: {reason}")]
+    InvalidControl {
+        /// What was being checked: `registration`, `discover query` or
+        /// `REGISTERED from the server`.
+        what: &'static str,
+        /// The field's name, e.g. `instance_id`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server refused the registration with a non-fatal ERR, e.g. `duplicate_instance`
+    /// (another live connection holds the instance id), `invalid_control` (a field the server
+    /// rejects) or `unknown_op` (the server does not support registration). The connection stays
+    /// open and [`crate::Client::register`] may be called again.
+    #[error("registration refused: {0}")]
+    Registration(ServerError),
+    /// [`crate::Client::register`] was already called on this connection: it is registered, a
+    /// registration is in progress, it was deregistered, or an earlier attempt timed out with the
+    /// server's answer unknown. One registration per connection: open a new connection.
+    #[error("this connection has already registered (one registration per connection; open a new connection for another instance)")]
+    AlreadyRegistered,
+    /// The call needs a registered connection ([`crate::Client::register`] first).
+    #[error("this connection is not registered — call register first")]
+    NotRegistered,
+    /// A control-plane exchange (REGISTER, DISCOVER) got no answer within the request timeout.
+    #[error("{op} got no answer within {after:?} — is the server overloaded, or too old for the control plane?")]
+    ControlTimeout {
+        /// The op that went unanswered: `REGISTER` or `DISCOVER`.
+        op: &'static str,
+        /// The client's request timeout.
+        after: Duration,
+    },
+}
+
+/// Turns a control body's field check failure into [`Error::InvalidControl`].
+pub(crate) fn invalid_control(
+    what: &'static str,
+    e: agentwire_protocol::control::ControlError,
+) -> Error {
+    use agentwire_protocol::control::ControlError;
+    let (field, reason) = match e {
+        ControlError::Field { field, reason } => (field, reason),
+        ControlError::Invalid { reason, .. } => ("body", reason),
+    };
+    Error::InvalidControl {
+        what,
+        field,
+        reason,
+    }
 }
 
 /// A short lowercase description of a socket error for connect messages.

@@ -27,6 +27,39 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Components register over their ordinary connection ([`Client::register`]): the returned
+//! [`Membership`] sends heartbeats with the load the application reports, and streams the
+//! component's live config. [`Client::discover`] lists the registered instances:
+//!
+//! ```no_run
+//! use agentwire_client::{DiscoverQuery, Registration};
+//!
+//! # async fn example() -> Result<(), agentwire_client::Error> {
+//! let client = agentwire_client::connect("127.0.0.1:4800").await?;
+//! let membership = client
+//!     .register(Registration {
+//!         component: "summarizer".into(),
+//!         instance_id: "summarizer-7".into(),
+//!         capabilities: vec!["summarize".into()],
+//!         subjects: vec!["summarizer.>".into()],
+//!         ..Registration::default()
+//!     })
+//!     .await?;
+//! let mut configs = membership.config_watch();
+//! tokio::spawn(async move {
+//!     while let Some(config) = configs.next().await {
+//!         println!("config v{}: max_tokens={:?}", config.version(), config.get("max_tokens"));
+//!     }
+//! });
+//! membership.set_load(1, 0);
+//!
+//! for instance in client.discover(DiscoverQuery::new().capability("summarize")).await? {
+//!     println!("{} healthy={}", instance.instance_id, instance.healthy);
+//! }
+//! membership.deregister().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! How it works: each connection runs one reader and one writer task (`tokio::spawn`; any
 //! runtime flavour). Publishes are encoded straight into a shared write buffer that the writer
 //! sends in one write per batch; past [`ConnectOptions::write_buffer_limit`] publishers wait.
@@ -37,14 +70,19 @@
 mod client;
 mod conn;
 mod connect;
+mod control;
 mod error;
 mod headers;
+mod load;
 mod message;
 mod reader;
 mod subject;
 mod subscriber;
 mod writer;
 
+pub use agentwire_protocol::control::{
+    ConfigUpdate, Heartbeat, InstanceInfo, Registered, Registration,
+};
 pub use agentwire_protocol::headers::HeaderError;
 pub use agentwire_protocol::{ErrorCode, SubjectError};
 pub use bytes::Bytes;
@@ -53,8 +91,10 @@ pub use connect::{
     ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WRITE_BUFFER_LIMIT,
 };
+pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
 pub use error::{Error, HandshakeError, ServerError};
 pub use headers::{Headers, Iter as HeadersIter};
+pub use load::LoadReporter;
 pub use message::{Message, OutboundMessage};
 pub use subject::Subject;
 pub use subscriber::Subscriber;
@@ -89,6 +129,10 @@ mod tests {
         assert_send_sync::<Client>();
         assert_send_sync::<Error>();
         assert_send_type::<Subscriber>();
+        assert_send_sync::<Membership>();
+        assert_send_sync::<LoadReporter>();
+        assert_send_sync::<ConfigSnapshot>();
+        assert_send_type::<ConfigWatch>();
     }
 
     #[allow(dead_code)]
@@ -102,5 +146,13 @@ mod tests {
         assert_send(&c.close());
         assert_send(&s.next());
         assert_send(&s.unsubscribe_after(1));
+        assert_send(&c.register(Registration::default()));
+        assert_send(&c.discover(DiscoverQuery::new()));
+    }
+
+    #[allow(dead_code)]
+    fn control_futures_are_send(m: &Membership, w: &mut ConfigWatch) {
+        assert_send(&m.deregister());
+        assert_send(&w.next());
     }
 }

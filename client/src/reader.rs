@@ -75,7 +75,7 @@ pub(crate) async fn run(
 /// The complete frames are split off and frozen once, so each message costs one refcount per
 /// field it keeps, and each subscription's messages go to its stream as one batch.
 fn process(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     buf: &mut BytesMut,
     max_frame: usize,
 ) -> Result<Option<ServerError>, DecodeError> {
@@ -107,8 +107,9 @@ fn process(
     }
 }
 
-fn process_batch(inner: &Inner, batch: &Bytes) -> Result<Option<ServerError>, DecodeError> {
+fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError>, DecodeError> {
     let mut subs = None;
+    let pongs_before = inner.pongs_seen.load(Ordering::Relaxed);
     let mut touched: Vec<u32> = Vec::new();
     let mut pings = 0usize;
     let mut pongs = 0usize;
@@ -154,10 +155,15 @@ fn process_batch(inner: &Inner, batch: &Bytes) -> Result<Option<ServerError>, De
                     fatal = Some(err);
                     break;
                 }
-                tracing::warn!(error = %err, "server error");
+                if crate::control::on_err(inner, &err, pongs_before + pongs as u64) {
+                    tracing::debug!(error = %err, "registration refused");
+                } else {
+                    tracing::warn!(error = %err, "server error");
+                }
                 *lock(&inner.last_error) = Some(err);
             }
-            Frame::Info(_) | Frame::Unknown { .. } => {}
+            Frame::Unknown { op, body, .. } => crate::control::on_frame(inner, op, body),
+            Frame::Info(_) => {}
             other => tracing::debug!(op = other.op(), "ignoring a client-only frame"),
         }
     }
@@ -176,6 +182,7 @@ fn process_batch(inner: &Inner, batch: &Bytes) -> Result<Option<ServerError>, De
         });
     }
     if pongs > 0 {
+        inner.pongs_seen.fetch_add(pongs as u64, Ordering::Relaxed);
         let waiters: Vec<_> = {
             let mut w = inner.write.lock();
             let n = pongs.min(w.pong_waiters.len());

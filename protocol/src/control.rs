@@ -166,8 +166,7 @@ pub enum ControlError {
 pub fn is_name_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -295,11 +294,9 @@ macro_rules! control_body {
                 // Archives must be read from aligned memory: copy (control frames are rare).
                 let mut aligned = AlignedVec::<16>::with_capacity(body.len());
                 aligned.extend_from_slice(body);
-                rkyv::from_bytes::<$t, rancor::Error>(&aligned).map_err(|e| {
-                    ControlError::Invalid {
-                        op: $op,
-                        reason: e.to_string(),
-                    }
+                rkyv::from_bytes::<$t, rancor::Error>(&aligned).map_err(|e| ControlError::Invalid {
+                    op: $op,
+                    reason: e.to_string(),
                 })
             }
         }
@@ -399,8 +396,14 @@ mod tests {
             remove_after: 10,
             config: cfg.clone(),
         };
-        assert_eq!(decode_control::<Registered>(&r.to_body().expect("e")), Ok(r));
-        assert_eq!(decode_control::<ConfigUpdate>(&cfg.to_body().expect("e")), Ok(cfg));
+        assert_eq!(
+            decode_control::<Registered>(&r.to_body().expect("e")),
+            Ok(r)
+        );
+        assert_eq!(
+            decode_control::<ConfigUpdate>(&cfg.to_body().expect("e")),
+            Ok(cfg)
+        );
         let h = Heartbeat {
             in_flight: 3,
             queue_depth: 9,
@@ -408,7 +411,10 @@ mod tests {
             cpu_permille: 450,
             mem_bytes: 1 << 30,
         };
-        assert_eq!(decode_control::<Heartbeat>(&h.to_body().expect("e")), Ok(h.clone()));
+        assert_eq!(
+            decode_control::<Heartbeat>(&h.to_body().expect("e")),
+            Ok(h.clone())
+        );
         let d = Discover {
             request_id: 42,
             component: String::new(),
@@ -427,7 +433,10 @@ mod tests {
                 ..InstanceInfo::default()
             }],
         };
-        assert_eq!(decode_control::<Discovered>(&ds.to_body().expect("e")), Ok(ds));
+        assert_eq!(
+            decode_control::<Discovered>(&ds.to_body().expect("e")),
+            Ok(ds)
+        );
     }
 
     #[test]
@@ -450,13 +459,25 @@ mod tests {
     fn field_rules() {
         let mut r = reg();
         r.component = "bad name".into();
-        assert!(matches!(r.validate(), Err(ControlError::Field { field: "component", .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ControlError::Field {
+                field: "component",
+                ..
+            })
+        ));
         let mut r = reg();
         r.instance_id = String::new();
         assert!(r.validate().is_err());
         let mut r = reg();
         r.subjects = vec!["a..b".into()];
-        assert!(matches!(r.validate(), Err(ControlError::Field { field: "subjects", .. })));
+        assert!(matches!(
+            r.validate(),
+            Err(ControlError::Field {
+                field: "subjects",
+                ..
+            })
+        ));
         let mut r = reg();
         r.capabilities = (0..=MAX_LIST_LEN).map(|i| format!("c{i}")).collect();
         assert!(r.validate().is_err());

@@ -1,9 +1,11 @@
 //! Command-line interface of `agentwire`: flag parsing, logging set-up, and one module per
-//! family of commands (`serve`, and the client tools `pub`, `sub`, `req`, `reply`).
+//! family of commands (`serve`; the client tools `pub`, `sub`, `req`, `reply`; the admin
+//! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`).
 //!
 //! Exit codes: 0 success, 1 runtime failure (cannot connect, server error, timeout), 2 usage
 //! error (bad flags, invalid subject, unreadable config).
 
+mod admin;
 mod serve;
 mod tools;
 
@@ -45,6 +47,18 @@ enum Command {
     Req(tools::ReqArgs),
     /// Answer every request on a subject with its own payload (an echo service).
     Reply(tools::ReplyArgs),
+    /// Overall status and registered components (admin API).
+    Status(admin::AdminTarget),
+    /// Live component instances, or one component in detail (admin API).
+    Components(admin::ComponentsArgs),
+    /// Read, change, list and roll back component config (admin API).
+    Config(admin::ConfigArgs),
+    /// Live message rates and latency by component, refreshed (admin API).
+    Top(admin::TopArgs),
+    /// Bottleneck report and the safe actions the broker took (admin API).
+    Optimize(admin::AdminTarget),
+    /// Version, build, uptime, shards, listeners, config versions (admin API).
+    Deployment(admin::AdminTarget),
 }
 
 /// Default server address for the client tools.
@@ -80,6 +94,12 @@ pub(crate) fn main() -> ExitCode {
             init_logging(cli.log_format, "info");
             serve::run(a)
         }
+        Command::Status(t) => admin::status(t),
+        Command::Components(a) => admin::components(a),
+        Command::Config(a) => admin::config(a),
+        Command::Top(a) => admin::top(a),
+        Command::Optimize(t) => admin::optimize(t),
+        Command::Deployment(t) => admin::deployment(t),
         cmd => {
             init_logging(cli.log_format, "warn");
             tools::run(cmd)

@@ -33,13 +33,79 @@ pub(crate) struct ServeArgs {
     /// Most outbound bytes buffered per connection before it is a slow consumer [default: 67108864].
     #[arg(long)]
     max_pending: Option<usize>,
+    /// Address of the HTTP admin API (`/api/v1/`, `/metrics`) [default: 127.0.0.1:8480];
+    /// `off` for none.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Directory of the embedded database (config center, metrics samples)
+    /// [default: ./agentwire-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Queue-group member choice: `load` or `round-robin` [default: load].
+    #[arg(long)]
+    routing: Option<agentwire_broker::config::RoutingPolicy>,
+    /// Heartbeat interval asked of registered components, ms [default: 1000].
+    #[arg(long)]
+    heartbeat_ms: Option<u32>,
+    /// Age after which stored metrics samples are deleted, e.g. `30d`, `12h`, `3600s`
+    /// [default: 30d].
+    #[arg(long)]
+    metrics_retention: Option<String>,
+}
+
+/// Parses `30d`, `12h`, `15m`, `3600s` or a bare number of seconds.
+fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'd')) => (&s[..i], 86_400),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 's')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n.saturating_mul(mult))
+        .ok_or_else(|| format!("invalid duration {s:?} (e.g. 30d, 12h, 15m, 3600s)"))
 }
 
 fn build_config(a: &ServeArgs) -> Result<Config, String> {
     let mut cfg = match &a.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
-        None => Config::default(),
+        None => {
+            // The binary's defaults: the admin API on and the data kept on disk.
+            let mut c = Config::default();
+            c.admin.listen = Some(
+                crate::cli::admin::DEFAULT_ADMIN
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+            );
+            c.admin.data_dir = Some(PathBuf::from("./agentwire-data"));
+            c
+        }
     };
+    match a.admin.as_deref() {
+        Some("off") => cfg.admin.listen = None,
+        Some(v) => {
+            cfg.admin.listen = Some(
+                v.parse()
+                    .map_err(|e| format!("--admin {v:?}: {e} (ADDR:PORT or off)"))?,
+            )
+        }
+        None => {}
+    }
+    if let Some(d) = &a.data_dir {
+        cfg.admin.data_dir = Some(d.clone());
+    }
+    if let Some(r) = a.routing {
+        cfg.admin.routing = r;
+    }
+    if let Some(h) = a.heartbeat_ms {
+        cfg.admin.heartbeat_ms = h;
+    }
+    if let Some(r) = &a.metrics_retention {
+        cfg.admin.metrics_retention_s = parse_duration_s(r)?;
+    }
     if let Some(v) = a.listen {
         cfg.listen = v;
     }

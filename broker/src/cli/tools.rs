@@ -110,7 +110,7 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
         Command::Sub(a) => ("sub", rt.block_on(subscribe(a))),
         Command::Req(a) => ("req", rt.block_on(request(a))),
         Command::Reply(a) => ("reply", rt.block_on(reply(a))),
-        Command::Serve(_) => unreachable!("serve is dispatched before the client tools"),
+        _ => unreachable!("serve and the admin commands are dispatched before the client tools"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

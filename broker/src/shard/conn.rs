@@ -7,7 +7,9 @@
 //! stream (bad length, malformed fields, over the frame limit) are fatal: ERR, then close.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwire_protocol::{
@@ -20,6 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::{bump, Shard, Stash};
+use crate::admin::hist::Windowed;
+use crate::admin::load::ConnLoad;
+use crate::config::RoutingPolicy;
 use crate::routing::SubTarget;
 use crate::stats::ShardStats;
 
@@ -32,6 +37,16 @@ const MIN_READ: usize = 4096;
 
 /// Largest spare outbound buffer kept between writes.
 const MAX_SPARE: usize = 1 << 20;
+
+/// Internal delivery flag (never on the wire): the message is a request routed to this queue
+/// member by load; its reply is timed.
+pub(crate) const TRACK_REPLY: u8 = 0x80;
+
+/// Requests tracked per connection at most (older ones count as given up).
+const MAX_TRACKED: usize = 65_536;
+
+/// A tracked request not answered within this long is given up (counted as answered).
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// One subscription of a connection.
 #[derive(Debug)]
@@ -82,6 +97,12 @@ pub(crate) struct Conn {
     pub drained: Notify,
     /// Tells the reader to stop (slow consumer, write failure).
     pub stop: Notify,
+    /// This connection's load, read by every shard's queue-group routing.
+    pub load: Arc<ConnLoad>,
+    /// Delivery times of tracked requests not yet answered, oldest first.
+    pub reqs: RefCell<VecDeque<Instant>>,
+    /// The round-trip histogram of the component it registered as.
+    pub component: RefCell<Option<Arc<Windowed>>>,
 }
 
 impl Conn {
@@ -101,6 +122,44 @@ impl Conn {
             wake_writer: Notify::new(),
             drained: Notify::new(),
             stop: Notify::new(),
+            load: Arc::new(ConnLoad::default()),
+            reqs: RefCell::new(VecDeque::new()),
+            component: RefCell::new(None),
+        }
+    }
+
+    /// A tracked request was delivered to this connection.
+    pub fn track_request(&self) {
+        let mut q = self.reqs.borrow_mut();
+        if q.len() >= MAX_TRACKED {
+            q.pop_front();
+            self.load.give_up(1);
+        }
+        q.push_back(Instant::now());
+    }
+
+    /// This connection published: if requests are outstanding, take it as the answer to the
+    /// oldest and time it.
+    #[inline]
+    pub fn answered(&self) {
+        let mut q = self.reqs.borrow_mut();
+        let Some(&first) = q.front() else { return };
+        let now = Instant::now();
+        let mut first = first;
+        while now.duration_since(first) > GIVE_UP_AFTER {
+            q.pop_front();
+            self.load.give_up(1);
+            match q.front() {
+                Some(&t) => first = t,
+                None => return,
+            }
+        }
+        q.pop_front();
+        drop(q);
+        let us = now.duration_since(first).as_micros() as u64;
+        self.load.record_answer(us);
+        if let Some(h) = &*self.component.borrow() {
+            h.record(us);
         }
     }
 
@@ -205,6 +264,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
     let stream = Rc::new(stream);
     let conn = Rc::new(Conn::new(id, stream));
     shard.conns.borrow_mut().insert(id, conn.clone());
+    global.loads.write().insert(id, conn.load.clone());
     ShardStats::add(&shard.handle.stats.conns_total, 1);
     ShardStats::add(&shard.handle.stats.conns_open, 1);
     tracing::debug!(conn = id, shard = shard.id, ?peer, "connection open");
@@ -231,6 +291,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
 
     let why = read_loop(&shard, &conn).await;
     tracing::debug!(conn = id, shard = shard.id, "connection closing: {why}");
+    super::control::connection_closed(&shard, &conn);
+    conn.load.set_healthy(false);
+    global.loads.write().remove(&id);
 
     // Stop deliveries and drop the subscriptions at once; then let the writer finish.
     let subs = {
@@ -343,6 +406,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
             }
         }
         if complete > 0 {
+            shard.read_at.set(Instant::now());
             let batch = buf.split_to(complete).freeze();
             if let Err(e) = handle_batch(shard, conn, &batch, &mut rs, &mut stash) {
                 fatal = Some(e);
@@ -361,6 +425,14 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
             return "closed by server".into();
         }
         let congested = shard.flush();
+        if complete > 0 {
+            shard
+                .global
+                .admin
+                .hist
+                .residence
+                .record(shard.read_at.get().elapsed().as_micros() as u64);
+        }
         shard.push_stash(&mut stash).await;
         shard.pace(congested).await;
         if buf.is_empty() && read_size <= MIN_READ {
@@ -423,16 +495,16 @@ fn handle_batch(
                     ),
                 );
             }
+            Frame::Unknown { op, body, .. }
+                if (proto::op::CONTROL_FIRST..=proto::op::CONTROL_LAST).contains(&op) =>
+            {
+                super::control::handle(shard, conn, op, body);
+            }
             Frame::Unknown { op, .. } => {
-                let what = if (proto::op::CONTROL_FIRST..=proto::op::CONTROL_LAST).contains(&op) {
-                    "a control-plane op this server version does not support"
-                } else {
-                    "an unknown op"
-                };
                 conn.send_err(
                     shard,
                     ErrorCode::UnknownOp,
-                    &format!("op {op:#04x} is {what}; frame skipped"),
+                    &format!("op {op:#04x} is an unknown op; frame skipped"),
                 );
             }
         }
@@ -530,21 +602,40 @@ fn publish(
     };
     bump(&shard.counters.msgs_in, 1);
     bump(&shard.counters.bytes_in, body as u64);
+    conn.answered();
+    let n = shard.publishes.get().wrapping_add(1);
+    shard.publishes.set(n);
+    if n % super::HOT_SAMPLE == 0 {
+        shard.global.admin.hot.sample(p.subject);
+    }
     if matches.is_empty() {
         if !p.reply.is_empty() && rs.no_responders {
             no_responders(shard, p.reply, stash);
         }
         return;
     }
-    route(shard, &matches, 0, batch, at, len, stash);
+    route(
+        shard,
+        &matches,
+        0,
+        !p.reply.is_empty(),
+        batch,
+        at,
+        len,
+        stash,
+    );
 }
 
 /// Delivers one message (the PUB frame at `at..at + len` of `src`) to every plain match and
-/// one member of each queue group.
+/// one member of each queue group: by load (power of two choices) unless the policy is round
+/// robin. A request (`request`: it has a reply subject) routed by load is counted against its
+/// member until the member publishes again (its reply), which is timed.
+#[allow(clippy::too_many_arguments)]
 fn route(
     shard: &Shard,
     matches: &crate::routing::MatchSet,
     msg_flags: u8,
+    request: bool,
     src: &Bytes,
     at: usize,
     len: usize,
@@ -553,10 +644,28 @@ fn route(
     for t in &matches.plain {
         deliver(shard, *t, msg_flags, src, at, len, stash);
     }
+    let by_load = shard.global.config.admin.routing == RoutingPolicy::Load;
     for g in &matches.groups {
         let n = g.members.len();
         if n == 0 {
             continue;
+        }
+        if by_load && n > 1 {
+            let (i, load) = shard.choose_member(&g.members);
+            let mut f = msg_flags;
+            if request {
+                if let Some(l) = &load {
+                    l.dispatched
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    f |= TRACK_REPLY;
+                }
+            }
+            if deliver(shard, g.members[i], f, src, at, len, stash) {
+                continue;
+            }
+            if let (true, Some(l)) = (request, &load) {
+                l.give_up(1);
+            }
         }
         let start = shard.rr.get();
         shard.rr.set(start.wrapping_add(1));
@@ -604,6 +713,7 @@ fn no_responders(shard: &Shard, reply: &[u8], stash: &mut Stash) {
         shard,
         &matches,
         flags::MSG_NO_RESPONDERS,
+        false,
         &frame,
         0,
         frame.len(),

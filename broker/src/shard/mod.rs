@@ -15,18 +15,21 @@
 //! make room.
 
 pub(crate) mod conn;
+pub(crate) mod control;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::admin::load::ConnLoad;
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::routing::{MatchCache, RoutingTable, SubTarget};
 use crate::stats::ShardStats;
@@ -42,6 +45,8 @@ pub(crate) struct RemoteBatch {
     pub frames: Bytes,
     /// The deliveries, in order.
     pub items: Vec<RemoteItem>,
+    /// When the publisher's read batch was read (for the residence histogram).
+    pub read_at: Instant,
 }
 
 /// One delivery in a [`RemoteBatch`].
@@ -73,17 +78,54 @@ pub struct ShardHandle {
     space: Notify,
     /// Counters of this shard.
     pub stats: ShardStats,
+    /// Commands from the admin plane (config push, system messages).
+    control_tx: mpsc::UnboundedSender<ShardCmd>,
+    control_rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<ShardCmd>>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+/// A command from the admin plane to a shard.
+#[derive(Debug)]
+pub enum ShardCmd {
+    /// Append a ready-made frame to a connection's output (e.g. CONFIG).
+    SendFrame {
+        /// Target connection (owned by this shard).
+        conn: u64,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A message from the broker itself: deliver to this shard's matching subscribers.
+    Publish {
+        /// Literal subject.
+        subject: Bytes,
+        /// Payload.
+        payload: Bytes,
+    },
 }
 
 impl ShardHandle {
     fn new(id: u16, shards: usize, queue_cap: usize) -> ShardHandle {
+        let (control_tx, rx) = mpsc::unbounded_channel();
         ShardHandle {
             id,
             inbound: (0..shards).map(|_| ArrayQueue::new(queue_cap)).collect(),
             wake: Notify::new(),
             space: Notify::new(),
             stats: ShardStats::default(),
+            control_tx,
+            control_rx: parking_lot::Mutex::new(Some(rx)),
+            running: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the shard's event loop is running.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Sends a command to this shard (dropped when the shard has stopped).
+    pub fn send(&self, cmd: ShardCmd) {
+        let _ = self.control_tx.send(cmd);
     }
 }
 
@@ -102,23 +144,36 @@ pub struct Global {
     pub next_conn_id: AtomicU64,
     /// Connections open now (checked against `max_connections` by the acceptor).
     pub conn_count: AtomicUsize,
+    /// The admin plane.
+    pub admin: Admin,
+    /// Load records of every open connection, for queue-group routing.
+    pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
 }
 
 impl Global {
-    /// Creates the shared state for `config`.
-    pub fn new(config: Config, server_id: String) -> Global {
+    /// Creates the shared state for `config`, opening the admin plane's database.
+    ///
+    /// # Errors
+    /// The database cannot be opened.
+    pub fn new(
+        config: Config,
+        server_id: String,
+    ) -> Result<Global, crate::admin::store::StoreError> {
         let n = config.shard_count();
         let shards = (0..n)
             .map(|i| Arc::new(ShardHandle::new(i as u16, n, config.cross_shard_queue)))
             .collect();
-        Global {
+        let admin = Admin::new(&config)?;
+        Ok(Global {
             config,
             shards,
             routing: RoutingTable::new(),
             server_id,
             next_conn_id: AtomicU64::new(1),
             conn_count: AtomicUsize::new(0),
-        }
+            admin,
+            loads: parking_lot::RwLock::new(FxHashMap::default()),
+        })
     }
 }
 
@@ -137,6 +192,9 @@ fn bump(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
 }
 
+/// One publish in this many has its subject counted for the hottest-subjects report.
+pub const HOT_SAMPLE: u64 = 1024;
+
 /// A shard's own state, living on its thread only.
 pub(crate) struct Shard {
     pub id: u16,
@@ -148,6 +206,14 @@ pub(crate) struct Shard {
     pub cache: RefCell<MatchCache>,
     /// Round-robin cursor for queue groups.
     pub rr: Cell<u32>,
+    /// Publishes seen, for sampling subjects (one in [`HOT_SAMPLE`]).
+    pub publishes: Cell<u64>,
+    /// When the read batch being handled was read.
+    pub read_at: Cell<Instant>,
+    /// Random state for power-of-two-choices (xorshift).
+    pub rng: Cell<u64>,
+    /// Load records of connections on any shard, looked up by queue-group routing.
+    pub load_cache: RefCell<FxHashMap<u64, Arc<ConnLoad>>>,
     /// Connections given output since the last flush.
     touched: RefCell<Vec<Rc<Conn>>>,
     /// Peer shards given messages since the last flush (and a flag per shard to dedupe).
@@ -176,6 +242,12 @@ impl Shard {
             conns: RefCell::new(FxHashMap::default()),
             cache: RefCell::new(cache),
             rr: Cell::new(0),
+            read_at: Cell::new(Instant::now()),
+            publishes: Cell::new(0),
+            rng: Cell::new(
+                0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0xff51_afd7_ed55_8ccd),
+            ),
+            load_cache: RefCell::new(FxHashMap::default()),
             touched: RefCell::new(Vec::new()),
             peers_touched: RefCell::new(Vec::new()),
             peer_flag: RefCell::new(vec![false; n]),
@@ -198,9 +270,56 @@ impl Shard {
         }
     }
 
+    /// The load record of connection `conn` (any shard), cached per shard.
+    pub fn load_of(&self, conn: u64) -> Option<Arc<ConnLoad>> {
+        if let Some(l) = self.load_cache.borrow().get(&conn) {
+            return Some(l.clone());
+        }
+        let l = self.global.loads.read().get(&conn).cloned()?;
+        let mut cache = self.load_cache.borrow_mut();
+        if cache.len() >= 8192 {
+            // Entries of closed connections are never looked up again; start over.
+            cache.clear();
+        }
+        cache.insert(conn, l.clone());
+        Some(l)
+    }
+
+    fn next_rand(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
+    }
+
+    /// Picks a queue-group member by load: two distinct members at random, the lower
+    /// [`ConnLoad::score`] wins; unhealthy members lose to healthy ones. Returns the index and
+    /// the winner's load record.
+    pub fn choose_member(&self, members: &[SubTarget]) -> (usize, Option<Arc<ConnLoad>>) {
+        let n = members.len();
+        let r = self.next_rand();
+        let a = (r % n as u64) as usize;
+        let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+        let la = self.load_of(members[a].conn);
+        let lb = self.load_of(members[b].conn);
+        let key = |l: &Option<Arc<ConnLoad>>| match l {
+            Some(l) => (!l.healthy(), l.score()),
+            None => (false, 0),
+        };
+        if key(&lb) < key(&la) {
+            (b, lb)
+        } else {
+            (a, la)
+        }
+    }
+
     /// Delivers a message to subscription `sid` of local connection `conn_id`. Returns whether
     /// it was queued for writing.
     pub fn deliver_local(&self, conn_id: u64, sid: u32, flags: u8, frame: &[u8]) -> bool {
+        let track = flags & conn::TRACK_REPLY != 0;
+        let flags = flags & !conn::TRACK_REPLY;
         let conn = match self.conns.borrow().get(&conn_id) {
             Some(c) => c.clone(),
             None => {
@@ -223,6 +342,9 @@ impl Shard {
         }
         sub.delivered += 1;
         let done = sub.max != 0 && sub.delivered >= u64::from(sub.max);
+        if track {
+            conn.track_request();
+        }
         let before = st.out.len();
         let was_over_soft = st.pending() > limits.soft_pending();
         if agentwire_protocol::encode_msg_from_pub(&mut st.out, sid, flags, frame).is_err() {
@@ -299,6 +421,7 @@ impl Shard {
         if let Some(old) = slot.replace(RemoteBatch {
             frames: src.clone(),
             items,
+            read_at: self.read_at.get(),
         }) {
             self.push_or_stash(dst, old, stash);
         }
@@ -341,8 +464,12 @@ impl Shard {
                 c.wake_writer.notify_one();
             }
             let st = c.st.borrow();
-            let over = !st.closing && st.pending() > soft;
+            let pending = st.pending();
+            let over = !st.closing && pending > soft;
             drop(st);
+            c.load
+                .pending_bytes
+                .store(pending as u64, std::sync::atomic::Ordering::Relaxed);
             if over {
                 congested.push(c);
             }
@@ -445,6 +572,7 @@ async fn drain(shard: Rc<Shard>) {
             shard.handle.wake.notified().await;
         }
         let mut delivered = 0usize;
+        let mut oldest: Option<Instant> = None;
         'sources: for (src, cur) in current.iter_mut().enumerate() {
             let q = &shard.handle.inbound[src];
             let mut popped = false;
@@ -460,6 +588,9 @@ async fn drain(shard: Rc<Shard>) {
                     },
                 };
                 let mut i = start;
+                if start == 0 {
+                    oldest = Some(oldest.map_or(batch.read_at, |o: Instant| o.min(batch.read_at)));
+                }
                 while i < batch.items.len() {
                     let it = batch.items[i];
                     i += 1;
@@ -495,6 +626,14 @@ async fn drain(shard: Rc<Shard>) {
         }
         shard.over_soft.set(false);
         let congested = shard.flush();
+        if let Some(t) = oldest {
+            shard
+                .global
+                .admin
+                .hist
+                .residence
+                .record(t.elapsed().as_micros() as u64);
+        }
         shard.pace(congested).await;
         // Let this shard's readers and writers run between drain rounds.
         tokio::task::yield_now().await;
@@ -517,6 +656,12 @@ pub(crate) fn run(
         let mut stop = shutdown.clone();
         let shard = Rc::new(Shard::new(global.clone(), id, shutdown));
         tokio::task::spawn_local(drain(shard.clone()));
+        global.shards[id as usize]
+            .running
+            .store(true, Ordering::Relaxed);
+        if let Some(rx) = global.shards[id as usize].control_rx.lock().take() {
+            tokio::task::spawn_local(control::control_loop(shard.clone(), rx));
+        }
         loop {
             tokio::select! {
                 s = conns_rx.recv() => match s {
@@ -532,6 +677,9 @@ pub(crate) fn run(
                 }
             }
         }
+        global.shards[id as usize]
+            .running
+            .store(false, Ordering::Relaxed);
         // Connections see the same signal and close themselves; wait for them, bounded.
         let grace = Duration::from_millis(global.config.shutdown_grace_ms + 500);
         let deadline = tokio::time::Instant::now() + grace;

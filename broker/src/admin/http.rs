@@ -1,0 +1,434 @@
+//! The HTTP admin API (axum) under `/api/v1/`, plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Every error is JSON: `{"error": {"code": "...", "message": "..."}}` with a fitting status
+//! (400 bad input, 404 unknown component or version, 409 stale `expected_version`, 507 disk
+//! full, 503 read-only or failing storage). The OpenAPI document is served at
+//! `/api/v1/openapi.json`. Database work runs on the blocking pool, never on the shards.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::registry::instance_json;
+use super::store::{Changes, StoreError};
+use super::{metrics, now_ms, rollback_config, set_config};
+use crate::shard::Global;
+
+type AppState = Arc<Global>;
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (status, code) = match &e {
+            StoreError::UnknownComponent(_) => (StatusCode::NOT_FOUND, "unknown_component"),
+            StoreError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            StoreError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
+            StoreError::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            StoreError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
+            StoreError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad(format!("malformed JSON body: {}", e.body_text())))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// The router, for tests and for [`serve`].
+pub fn router(global: Arc<Global>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/system/status", get(status))
+        .route("/api/v1/system/metrics", get(system_metrics))
+        .route("/api/v1/system/optimize", post(optimize))
+        .route("/api/v1/deployment/status", get(deployment))
+        .route("/api/v1/components", get(components))
+        .route("/api/v1/components/{name}", get(component))
+        .route("/api/v1/config/components", get(config_components))
+        .route(
+            "/api/v1/config/components/{name}",
+            get(config_get).put(config_put),
+        )
+        .route(
+            "/api/v1/config/components/{name}/history",
+            get(config_history),
+        )
+        .route(
+            "/api/v1/config/components/{name}/rollback",
+            post(config_rollback),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(global)
+}
+
+/// Serves the API on `listener` until `stop`.
+pub async fn serve(
+    global: Arc<Global>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = router(global);
+    let shutdown = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!("admin API failed: {e}");
+    }
+}
+
+async fn readyz(State(g): State<AppState>) -> Response {
+    let ready = g.shards.iter().all(|s| s.is_running());
+    if ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "shards are not running",
+        )
+        .into_response()
+    }
+}
+
+async fn prometheus(State(g): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&g),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+async fn status(State(g): State<AppState>) -> Json<Value> {
+    let instances = g.admin.registry.list("", "", true);
+    let unhealthy = instances.iter().filter(|i| !i.healthy).count();
+    let overall = if unhealthy == 0 {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    let mut comps: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for i in &instances {
+        comps
+            .entry(i.component.clone())
+            .or_default()
+            .push(instance_json(i));
+    }
+    let components: Vec<Value> = comps
+        .into_iter()
+        .map(|(name, list)| {
+            let healthy = list.iter().filter(|v| v["healthy"] == true).count();
+            let score = list
+                .iter()
+                .filter_map(|v| v["health_score"].as_u64())
+                .sum::<u64>()
+                / list.len().max(1) as u64;
+            let last = list
+                .iter()
+                .filter_map(|v| v["last_seen_ms"].as_u64())
+                .max()
+                .unwrap_or(0);
+            let versions: std::collections::BTreeSet<String> = list
+                .iter()
+                .filter_map(|v| v["version"].as_str().map(str::to_owned))
+                .collect();
+            json!({
+                "name": name,
+                "status": if healthy == list.len() { "healthy" } else if healthy > 0 { "degraded" } else { "unhealthy" },
+                "instances": list.len(),
+                "healthy_instances": healthy,
+                "versions": versions,
+                "health_score": score,
+                "last_updated_ms": last,
+            })
+        })
+        .collect();
+    let snap = crate::shard::snapshot(&g);
+    Json(json!({
+        "status": overall,
+        "server_id": g.server_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": g.admin.started.elapsed().as_secs(),
+        "connections": snap.connections,
+        "components": components,
+        "last_updated_ms": now_ms(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SinceQuery {
+    since: Option<u64>,
+    name: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn system_metrics(
+    State(g): State<AppState>,
+    Query(q): Query<SinceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut v = metrics::current_json(&g);
+    if let Some(since) = q.since {
+        let limit = q.limit.unwrap_or(10_000).min(100_000);
+        let name = q.name.clone();
+        let g2 = g.clone();
+        let hist =
+            blocking(move || g2.admin.store.metrics_since(since, name.as_deref(), limit)).await?;
+        v["history"] = serde_json::to_value(hist).unwrap_or_default();
+    }
+    Ok(Json(v))
+}
+
+async fn optimize(State(g): State<AppState>) -> Json<Value> {
+    Json(super::optimize::report(&g))
+}
+
+async fn deployment(State(g): State<AppState>) -> Json<Value> {
+    let cfg = &g.config;
+    let versions: Vec<Value> = g
+        .admin
+        .config_versions()
+        .into_iter()
+        .map(|(c, e, v)| json!({"component": c, "environment": e, "version": v}))
+        .collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": {
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "rustc_target": std::env::consts::ARCH,
+            "os": std::env::consts::OS,
+        },
+        "server_id": g.server_id,
+        "started_at_ms": g.admin.started_ms,
+        "uptime_s": g.admin.started.elapsed().as_secs(),
+        "shards": g.shards.len(),
+        "listeners": {
+            "clients": cfg.listen.to_string(),
+            "admin": g.admin.http_addr.read().map(|a| a.to_string()),
+        },
+        "data_dir": cfg.admin.data_dir.as_ref().map(|p| p.display().to_string()),
+        "routing": match cfg.admin.routing {
+            crate::config::RoutingPolicy::Load => "load",
+            crate::config::RoutingPolicy::RoundRobin => "round-robin",
+        },
+        "config_versions": versions,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    capability: Option<String>,
+    include_unhealthy: Option<bool>,
+}
+
+async fn components(State(g): State<AppState>, Query(q): Query<ListQuery>) -> Json<Value> {
+    let list = g.admin.registry.list(
+        "",
+        q.capability.as_deref().unwrap_or(""),
+        q.include_unhealthy.unwrap_or(true),
+    );
+    Json(json!({"instances": list.iter().map(instance_json).collect::<Vec<_>>()}))
+}
+
+async fn component(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let list = g.admin.registry.list(&name, "", true);
+    let known = {
+        let g2 = g.clone();
+        let n = name.clone();
+        blocking(move || g2.admin.store.component_exists(&n)).await?
+    };
+    if list.is_empty() && !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_component",
+            format!("no component {name:?} is registered or known"),
+        ));
+    }
+    let rtt = g
+        .admin
+        .hist
+        .round_trips()
+        .into_iter()
+        .find(|(c, _)| *c == name)
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "name": name,
+        "instances": list.iter().map(instance_json).collect::<Vec<_>>(),
+        "request_round_trip_us": rtt,
+    })))
+}
+
+async fn config_components(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list = blocking(move || g.admin.store.components()).await?;
+    Ok(Json(json!({"components": list})))
+}
+
+#[derive(Debug, Deserialize)]
+struct EnvQuery {
+    environment: Option<String>,
+    limit: Option<usize>,
+}
+
+fn env_or_default(e: Option<String>) -> String {
+    e.filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+async fn config_get(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<EnvQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let env = env_or_default(q.environment);
+    let snap = blocking(move || g.admin.store.current(&name, &env)).await?;
+    Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    values: BTreeMap<String, Option<String>>,
+    environment: Option<String>,
+    expected_version: Option<u64>,
+    #[serde(default)]
+    create: bool,
+    updated_by: Option<String>,
+}
+
+fn who(headers: &HeaderMap, body: Option<String>) -> String {
+    body.or_else(|| {
+        headers
+            .get("x-agentwire-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| "api".to_owned())
+}
+
+async fn config_put(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<PutBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b = json_body(body)?;
+    let env = env_or_default(b.environment);
+    let by = who(&headers, b.updated_by);
+    let changes: Changes = b.values;
+    let create = b.create;
+    let expected = b.expected_version;
+    let snap =
+        blocking(move || set_config(&g, &name, &env, &changes, expected, create, &by)).await?;
+    Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
+}
+
+async fn config_history(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<EnvQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let env = env_or_default(q.environment);
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let (n2, e2) = (name.clone(), env.clone());
+    let versions = blocking(move || g.admin.store.history(&n2, &e2, limit)).await?;
+    Ok(Json(
+        json!({"component": name, "environment": env, "versions": versions}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    version: u64,
+    environment: Option<String>,
+    expected_version: Option<u64>,
+    updated_by: Option<String>,
+}
+
+async fn config_rollback(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<RollbackBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b = json_body(body)?;
+    let env = env_or_default(b.environment);
+    let by = who(&headers, b.updated_by);
+    let snap =
+        blocking(move || rollback_config(&g, &name, &env, b.version, b.expected_version, &by))
+            .await?;
+    Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
+}

@@ -1,0 +1,516 @@
+//! The admin commands of `agentwire`: `status`, `components`, `config get|set|history|rollback`,
+//! `top`, `optimize`, `deployment`. Each is a call to the broker's HTTP admin API (`--admin
+//! ADDR`, default 127.0.0.1:8480, or `AGENTWIRE_ADMIN`), printed for a person or, with
+//! `--json`, as the API's JSON.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
+
+/// Default admin API address.
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:8480";
+
+/// Where the admin API is, and the output form.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct AdminTarget {
+    /// Admin API address of the broker.
+    #[arg(long, env = "AGENTWIRE_ADMIN", default_value = DEFAULT_ADMIN)]
+    admin: String,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `agentwire components [NAME]`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ComponentsArgs {
+    /// Show one component (its instances and round-trip latency).
+    name: Option<String>,
+    #[command(flatten)]
+    t: AdminTarget,
+}
+
+/// `agentwire config ...`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigArgs {
+    #[command(subcommand)]
+    cmd: ConfigCmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ConfigCmd {
+    /// Print a component's current config.
+    Get {
+        /// Component name.
+        component: String,
+        /// Environment.
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        t: AdminTarget,
+    },
+    /// Set keys (KEY=VALUE) and delete keys (--unset KEY) as one new version, pushed live.
+    Set {
+        /// Component name.
+        component: String,
+        /// KEY=VALUE pairs.
+        pairs: Vec<String>,
+        /// Keys to delete.
+        #[arg(long)]
+        unset: Vec<String>,
+        /// Environment.
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        /// Refuse (exit 1) unless the current version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Declare the component if no instance ever registered.
+        #[arg(long)]
+        create: bool,
+        /// Who makes the change (recorded in the history).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+        #[command(flatten)]
+        t: AdminTarget,
+    },
+    /// List versions, newest first.
+    History {
+        /// Component name.
+        component: String,
+        /// Environment.
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        /// Most versions to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        t: AdminTarget,
+    },
+    /// Make a new version equal to an earlier one, pushed live.
+    Rollback {
+        /// Component name.
+        component: String,
+        /// The version to return to.
+        version: u64,
+        /// Environment.
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        /// Refuse (exit 1) unless the current version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Who makes the change.
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+        #[command(flatten)]
+        t: AdminTarget,
+    },
+}
+
+/// `agentwire top`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TopArgs {
+    /// Refresh interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long)]
+    iterations: Option<u64>,
+    #[command(flatten)]
+    t: AdminTarget,
+}
+
+/// A failed call, already worded for the user.
+struct Failure(String);
+
+fn call(method: &str, t: &AdminTarget, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let url = format!("http://{}{}", t.admin, path);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let req = agent.request(method, &url);
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(resp) => resp
+            .into_json::<Value>()
+            .map_err(|e| Failure(format!("the admin API at {} answered with bad JSON: {e}", t.admin))),
+        Err(ureq::Error::Status(code, resp)) => {
+            let v: Value = resp.into_json().unwrap_or(Value::Null);
+            let msg = v["error"]["message"].as_str().unwrap_or("no message").to_owned();
+            let c = v["error"]["code"].as_str().unwrap_or("error").to_owned();
+            Err(Failure(format!("{c} (HTTP {code}): {msg}")))
+        }
+        Err(e) => Err(Failure(format!(
+            "cannot reach the admin API at {}: {e} — is `agentwire serve` running with its admin API on that address?",
+            t.admin
+        ))),
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn finish(r: Result<(), Failure>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(m)) => {
+            eprintln!("agentwire: {m}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `agentwire status`.
+pub(crate) fn status(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let v = call("GET", &t, "/api/v1/system/status", None)?;
+        if t.json {
+            print_json(&v);
+            return Ok(());
+        }
+        println!(
+            "status {}  server {}  version {}  uptime {}s  connections {}",
+            v["status"].as_str().unwrap_or("?"),
+            v["server_id"].as_str().unwrap_or("?"),
+            v["version"].as_str().unwrap_or("?"),
+            v["uptime_s"],
+            v["connections"]
+        );
+        let comps = v["components"].as_array().cloned().unwrap_or_default();
+        if comps.is_empty() {
+            println!("no registered components");
+            return Ok(());
+        }
+        println!(
+            "{:<24} {:<10} {:>9} {:>7} versions",
+            "COMPONENT", "STATUS", "INSTANCES", "HEALTH"
+        );
+        for c in comps {
+            println!(
+                "{:<24} {:<10} {:>4}/{:<4} {:>7} {}",
+                c["name"].as_str().unwrap_or("?"),
+                c["status"].as_str().unwrap_or("?"),
+                c["healthy_instances"],
+                c["instances"],
+                c["health_score"],
+                c["versions"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    })())
+}
+
+fn print_instances(list: &[Value]) {
+    if list.is_empty() {
+        println!("no live instances");
+        return;
+    }
+    println!(
+        "{:<20} {:<20} {:<10} {:<10} {:>6} {:>9} {:>9}",
+        "COMPONENT", "INSTANCE", "VERSION", "STATUS", "HEALTH", "IN-FLIGHT", "LAT-US"
+    );
+    for i in list {
+        println!(
+            "{:<20} {:<20} {:<10} {:<10} {:>6} {:>9} {:>9}",
+            i["component"].as_str().unwrap_or("?"),
+            i["instance_id"].as_str().unwrap_or("?"),
+            i["version"].as_str().unwrap_or(""),
+            i["status"].as_str().unwrap_or("?"),
+            i["health_score"],
+            i["load"]["in_flight"],
+            i["load"]["latency_us"]
+        );
+    }
+}
+
+/// `agentwire components [NAME]`.
+pub(crate) fn components(a: ComponentsArgs) -> ExitCode {
+    finish((|| {
+        let path = match &a.name {
+            Some(n) => format!("/api/v1/components/{}", enc(n)),
+            None => "/api/v1/components".to_owned(),
+        };
+        let v = call("GET", &a.t, &path, None)?;
+        if a.t.json {
+            print_json(&v);
+            return Ok(());
+        }
+        print_instances(&v["instances"].as_array().cloned().unwrap_or_default());
+        if let Some(r) = v.get("request_round_trip_us") {
+            if r["count"].as_u64().unwrap_or(0) > 0 {
+                println!(
+                    "request round trip: p50 {} µs, p99 {} µs over {} requests",
+                    r["p50"], r["p99"], r["count"]
+                );
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// Percent-encodes a path segment (names are `[A-Za-z0-9_-]`; anything else is escaped so a
+/// bad name reaches the API and gets its error).
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_config(v: &Value) {
+    println!(
+        "{} [{}] version {} (updated {} by {})",
+        v["component"].as_str().unwrap_or("?"),
+        v["environment"].as_str().unwrap_or("?"),
+        v["version"],
+        v["updated_at_ms"],
+        v["updated_by"].as_str().unwrap_or("")
+    );
+    if let Some(m) = v["values"].as_object() {
+        for (k, val) in m {
+            println!("  {k} = {}", val.as_str().unwrap_or(""));
+        }
+    }
+}
+
+/// `agentwire config ...`.
+pub(crate) fn config(a: ConfigArgs) -> ExitCode {
+    match a.cmd {
+        ConfigCmd::Get {
+            component,
+            environment,
+            t,
+        } => finish((|| {
+            let v = call(
+                "GET",
+                &t,
+                &format!(
+                    "/api/v1/config/components/{}?environment={}",
+                    enc(&component),
+                    enc(&environment)
+                ),
+                None,
+            )?;
+            if t.json {
+                print_json(&v);
+            } else {
+                print_config(&v);
+            }
+            Ok(())
+        })()),
+        ConfigCmd::Set {
+            component,
+            pairs,
+            unset,
+            environment,
+            expected_version,
+            create,
+            by,
+            t,
+        } => {
+            let mut values = serde_json::Map::new();
+            for p in &pairs {
+                let Some((k, v)) = p.split_once('=') else {
+                    eprintln!("agentwire config set: {p:?} is not KEY=VALUE");
+                    return ExitCode::from(EXIT_USAGE);
+                };
+                values.insert(k.to_owned(), Value::from(v));
+            }
+            for k in unset {
+                values.insert(k, Value::Null);
+            }
+            if values.is_empty() {
+                eprintln!("agentwire config set: give at least one KEY=VALUE or --unset KEY");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let mut body = json!({"values": values, "environment": environment, "create": create, "updated_by": by});
+            if let Some(e) = expected_version {
+                body["expected_version"] = Value::from(e);
+            }
+            finish((|| {
+                let v = call(
+                    "PUT",
+                    &t,
+                    &format!("/api/v1/config/components/{}", enc(&component)),
+                    Some(body),
+                )?;
+                if t.json {
+                    print_json(&v);
+                } else {
+                    print_config(&v);
+                }
+                Ok(())
+            })())
+        }
+        ConfigCmd::History {
+            component,
+            environment,
+            limit,
+            t,
+        } => finish((|| {
+            let v = call(
+                "GET",
+                &t,
+                &format!(
+                    "/api/v1/config/components/{}/history?environment={}&limit={limit}",
+                    enc(&component),
+                    enc(&environment)
+                ),
+                None,
+            )?;
+            if t.json {
+                print_json(&v);
+                return Ok(());
+            }
+            for ver in v["versions"].as_array().cloned().unwrap_or_default() {
+                let what = match ver["rollback_of"].as_u64() {
+                    Some(r) => format!("rollback to {r}"),
+                    None => ver["action"].as_str().unwrap_or("set").to_owned(),
+                };
+                let vals = ver["values"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "v{:<5} {:<16} by {:<12} at {}  {}",
+                    ver["version"],
+                    what,
+                    ver["updated_by"].as_str().unwrap_or(""),
+                    ver["updated_at_ms"],
+                    vals
+                );
+            }
+            Ok(())
+        })()),
+        ConfigCmd::Rollback {
+            component,
+            version,
+            environment,
+            expected_version,
+            by,
+            t,
+        } => {
+            let mut body =
+                json!({"version": version, "environment": environment, "updated_by": by});
+            if let Some(e) = expected_version {
+                body["expected_version"] = Value::from(e);
+            }
+            finish((|| {
+                let v = call(
+                    "POST",
+                    &t,
+                    &format!("/api/v1/config/components/{}/rollback", enc(&component)),
+                    Some(body),
+                )?;
+                if t.json {
+                    print_json(&v);
+                } else {
+                    print_config(&v);
+                }
+                Ok(())
+            })())
+        }
+    }
+}
+
+/// `agentwire optimize`.
+pub(crate) fn optimize(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let v = call("POST", &t, "/api/v1/system/optimize", Some(json!({})))?;
+        print_json(&v);
+        Ok(())
+    })())
+}
+
+/// `agentwire deployment`.
+pub(crate) fn deployment(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let v = call("GET", &t, "/api/v1/deployment/status", None)?;
+        print_json(&v);
+        Ok(())
+    })())
+}
+
+/// `agentwire top`: rates and latency, refreshed.
+pub(crate) fn top(a: TopArgs) -> ExitCode {
+    finish((|| {
+        let mut prev: Option<(Value, std::time::Instant)> = None;
+        let mut n = 0u64;
+        loop {
+            let v = call("GET", &a.t, "/api/v1/system/metrics", None)?;
+            let now = std::time::Instant::now();
+            if a.t.json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                let (rin, rout) = match &prev {
+                    Some((p, t)) => {
+                        let s = now.duration_since(*t).as_secs_f64().max(1e-3);
+                        let d = |k: &str| {
+                            (v["totals"][k].as_u64().unwrap_or(0))
+                                .saturating_sub(p["totals"][k].as_u64().unwrap_or(0))
+                                as f64
+                                / s
+                        };
+                        (d("msgs_in"), d("msgs_out"))
+                    }
+                    None => (0.0, 0.0),
+                };
+                let mut out = String::new();
+                out.push_str("\x1b[2J\x1b[H");
+                out.push_str(&format!(
+                    "agentwire top — in {rin:.0} msg/s  out {rout:.0} msg/s  connections {}  subscriptions {}  instances {} ({} unhealthy)\n",
+                    v["totals"]["connections"], v["subscriptions"], v["instances"], v["unhealthy_instances"]
+                ));
+                let r = &v["latency_us"]["residence"];
+                out.push_str(&format!(
+                    "broker residence µs: p50 {} p99 {} p99.9 {} max {}\n\n",
+                    r["p50"], r["p99"], r["p999"], r["max"]
+                ));
+                out.push_str(&format!(
+                    "{:<24} {:>10} {:>10} {:>10} {:>10}\n",
+                    "COMPONENT", "REQUESTS", "P50 µs", "P99 µs", "MAX µs"
+                ));
+                if let Some(m) = v["latency_us"]["request_round_trip"].as_object() {
+                    for (c, p) in m {
+                        out.push_str(&format!(
+                            "{:<24} {:>10} {:>10} {:>10} {:>10}\n",
+                            c, p["count"], p["p50"], p["p99"], p["max"]
+                        ));
+                    }
+                }
+                print!("{out}");
+                let _ = std::io::stdout().flush();
+            }
+            prev = Some((v, now));
+            n += 1;
+            if a.iterations.is_some_and(|max| n >= max) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(a.interval_ms.max(100)));
+        }
+    })())
+}

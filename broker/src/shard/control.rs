@@ -1,0 +1,217 @@
+//! Control-plane frames on a shard (REGISTER, HEARTBEAT, DEREGISTER, DISCOVER; `PROTOCOL.md`
+//! section 13) and the shard's end of the admin plane's command channel (config push, system
+//! messages).
+//!
+//! Bodies are validated before use; a bad one gets `ERR invalid_control` and the connection
+//! stays open. Registration state lives in the shared registry; the shard only remembers, per
+//! connection, the round-trip histogram of its component.
+
+use std::rc::Rc;
+
+use agentwire_protocol::control::{
+    decode_control, encode_control, Discover, Discovered, Heartbeat, Registered, Registration,
+};
+use agentwire_protocol::{self as proto, op, ErrorCode};
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+
+use super::conn::Conn;
+use super::{Shard, ShardCmd};
+use crate::admin::registry::ConnRef;
+use crate::admin::{publish_events, registry::Event};
+
+/// Handles one control frame from a client.
+pub(crate) fn handle(shard: &Shard, conn: &Rc<Conn>, opc: u8, body: &[u8]) {
+    match opc {
+        op::REGISTER => register(shard, conn, body),
+        op::HEARTBEAT => heartbeat(shard, conn, body),
+        op::DEREGISTER => {
+            if !body.is_empty() {
+                conn.send_err(shard, ErrorCode::InvalidControl, "DEREGISTER has no body; ignored");
+                return;
+            }
+            match shard.global.admin.registry.deregister(conn.id, "deregistered") {
+                Some(ev) => {
+                    *conn.component.borrow_mut() = None;
+                    publish_events(&shard.global, vec![ev]);
+                }
+                None => conn.send_err(
+                    shard,
+                    ErrorCode::NotRegistered,
+                    "DEREGISTER on a connection that is not registered; ignored",
+                ),
+            }
+        }
+        op::DISCOVER => discover(shard, conn, body),
+        op::REGISTERED | op::CONFIG | op::DISCOVERED => conn.send_err(
+            shard,
+            ErrorCode::UnexpectedOp,
+            &format!("op {opc:#04x} is sent by servers only; frame ignored"),
+        ),
+        _ => conn.send_err(
+            shard,
+            ErrorCode::UnknownOp,
+            &format!("op {opc:#04x} is a reserved control-plane op this server does not know; frame skipped"),
+        ),
+    }
+}
+
+fn invalid(shard: &Shard, conn: &Rc<Conn>, what: &str, e: impl std::fmt::Display) {
+    conn.send_err(
+        shard,
+        ErrorCode::InvalidControl,
+        &format!("invalid {what}: {e}; ignored"),
+    );
+}
+
+fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
+    let reg: Registration = match decode_control(body) {
+        Ok(r) => r,
+        Err(e) => return invalid(shard, conn, "REGISTER", e),
+    };
+    if let Err(e) = reg.validate() {
+        return invalid(shard, conn, "REGISTER", e);
+    }
+    let admin = &shard.global.admin;
+    let at = ConnRef {
+        shard: shard.id,
+        conn: conn.id,
+    };
+    let env = reg.environment_or_default().to_owned();
+    let result = admin.registry.register(at, &reg, conn.load.clone(), || {
+        admin.config_for(&reg.component, &env)
+    });
+    let (info, config) = match result {
+        Ok(r) => r,
+        Err(refusal) => {
+            conn.send_err(shard, refusal.code, &refusal.message);
+            return;
+        }
+    };
+    let policy = admin.registry.policy();
+    let ack = Registered {
+        instance_id: info.instance_id.clone(),
+        heartbeat_ms: policy.interval.as_millis().min(u128::from(u32::MAX)) as u32,
+        unhealthy_after: policy.unhealthy_after,
+        remove_after: policy.remove_after,
+        config,
+    };
+    {
+        let mut st = conn.st.borrow_mut();
+        if let Err(e) = encode_control(&mut st.out, &ack) {
+            tracing::error!("cannot encode REGISTERED: {e}");
+        }
+    }
+    shard.touch(conn);
+    *conn.component.borrow_mut() = Some(admin.hist.round_trip(&info.component));
+    // Record the component in the database on the admin thread (a disk write).
+    admin.note_component(&info.component);
+    publish_events(&shard.global, vec![Event::Joined(info)]);
+}
+
+fn heartbeat(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
+    let hb: Heartbeat = match decode_control(body) {
+        Ok(h) => h,
+        Err(e) => return invalid(shard, conn, "HEARTBEAT", e),
+    };
+    match shard.global.admin.registry.heartbeat(conn.id, &hb) {
+        Ok(Some(ev)) => publish_events(&shard.global, vec![ev]),
+        Ok(None) => {}
+        Err(refusal) => conn.send_err(shard, refusal.code, &refusal.message),
+    }
+}
+
+fn discover(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
+    let q: Discover = match decode_control(body) {
+        Ok(q) => q,
+        Err(e) => return invalid(shard, conn, "DISCOVER", e),
+    };
+    if let Err(e) = q.validate() {
+        return invalid(shard, conn, "DISCOVER", e);
+    }
+    let instances =
+        shard
+            .global
+            .admin
+            .registry
+            .list(&q.component, &q.capability, q.include_unhealthy);
+    let answer = Discovered {
+        request_id: q.request_id,
+        instances,
+    };
+    let mut st = conn.st.borrow_mut();
+    let before = st.out.len();
+    if let Err(e) = encode_control(&mut st.out, &answer) {
+        tracing::error!("cannot encode DISCOVERED: {e}");
+        st.out.truncate(before);
+    }
+    drop(st);
+    shard.touch(conn);
+}
+
+/// The connection is gone: drop its registration (if any) and tell the watchers.
+pub(crate) fn connection_closed(shard: &Shard, conn: &Conn) {
+    if let Some(ev) = shard
+        .global
+        .admin
+        .registry
+        .deregister(conn.id, "disconnected")
+    {
+        publish_events(&shard.global, vec![ev]);
+    }
+}
+
+/// Runs the admin plane's commands on this shard until the channel closes.
+pub(crate) async fn control_loop(shard: Rc<Shard>, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
+    while let Some(cmd) = rx.recv().await {
+        apply(&shard, cmd);
+        // Take everything queued before flushing once.
+        while let Ok(cmd) = rx.try_recv() {
+            apply(&shard, cmd);
+        }
+        let _ = shard.flush();
+    }
+}
+
+fn apply(shard: &Shard, cmd: ShardCmd) {
+    match cmd {
+        ShardCmd::SendFrame { conn, frame } => {
+            let c = shard.conns.borrow().get(&conn).cloned();
+            if let Some(c) = c {
+                let mut st = c.st.borrow_mut();
+                if st.closing {
+                    return;
+                }
+                st.out.extend_from_slice(&frame);
+                drop(st);
+                shard.touch(&c);
+            }
+        }
+        ShardCmd::Publish { subject, payload } => {
+            let mut b = BytesMut::with_capacity(32 + subject.len() + payload.len());
+            if proto::encode_pub(&mut b, &subject, b"", b"", &payload).is_err() {
+                return;
+            }
+            let frame = b.freeze();
+            let matches = shard.global.routing.match_subject(&subject);
+            for t in &matches.plain {
+                if t.shard == shard.id {
+                    shard.deliver_local(t.conn, t.sid, 0, &frame);
+                }
+            }
+            // One member of each group, the same choice on every shard: only its shard delivers.
+            let h = subject.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            });
+            for g in &matches.groups {
+                if g.members.is_empty() {
+                    continue;
+                }
+                let t = g.members[(h % g.members.len() as u64) as usize];
+                if t.shard == shard.id {
+                    shard.deliver_local(t.conn, t.sid, 0, &frame);
+                }
+            }
+        }
+    }
+}
