@@ -550,3 +550,97 @@ async fn prometheus_text_has_the_broker_figures() {
     );
     assert!(!text.contains("some.subject"), "no raw subject in labels");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamped_messages_feed_the_publish_to_deliver_histogram() {
+    let h = common::start(admin_config(None));
+    let api = Api::of(&h);
+    let sub = client(&h, "sub").await;
+    let mut s = sub.subscribe("e2e.>").await.expect("sub");
+    sub.flush().await.expect("flush");
+    let publisher = ConnectOptions::new()
+        .stamp_send_time(true)
+        .connect(&h.local_addr().to_string())
+        .await
+        .expect("connect");
+    for i in 0..50 {
+        publisher
+            .publish(&format!("e2e.{i}"), "x")
+            .await
+            .expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    for _ in 0..50 {
+        let m = tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("message")
+            .expect("open");
+        let stamp = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get_str(agentwire_client::SENT_AT_HEADER))
+            .expect("the stamp travels with the message");
+        assert!(stamp.parse::<u64>().is_ok(), "{stamp}");
+    }
+    let (code, v) = api
+        .acall("GET", "/api/v1/system/metrics".into(), None)
+        .await;
+    assert_eq!(code, 200);
+    let p = &v["latency_us"]["publish_to_deliver"];
+    assert_eq!(p["count"], 50, "{v}");
+    assert!(p["p99"].as_u64().expect("p99") < 10_000_000, "{p}");
+    // Unstamped traffic adds nothing.
+    sub.publish("e2e.plain", "y").await.expect("publish");
+    sub.flush().await.expect("flush");
+    let (_, v) = api
+        .acall("GET", "/api/v1/system/metrics".into(), None)
+        .await;
+    assert_eq!(v["latency_us"]["publish_to_deliver"]["count"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_samples_are_stored_and_read_back_with_since() {
+    let mut cfg = admin_config(None);
+    cfg.admin.metrics_sample_ms = 100;
+    let h = common::start(cfg);
+    let api = Api::of(&h);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let c = client(&h, "p").await;
+    for _ in 0..10 {
+        c.publish("x.y", "z").await.expect("publish");
+    }
+    c.flush().await.expect("flush");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, v) = api
+            .acall(
+                "GET",
+                format!("/api/v1/system/metrics?since={since}&name=connections"),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+        let hist = v["history"].as_array().cloned().unwrap_or_default();
+        if hist.len() >= 2 {
+            assert!(
+                hist.iter().all(|s| s["metric_name"] == "connections"),
+                "{v}"
+            );
+            assert!(hist
+                .iter()
+                .all(|s| s["timestamp_ms"].as_u64() >= Some(since)));
+            assert!(
+                hist.iter().any(|s| s["metric_value"].as_f64() >= Some(1.0)),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no samples stored: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

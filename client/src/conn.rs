@@ -44,6 +44,8 @@ pub(crate) struct Settings {
     pub(crate) request_timeout: Duration,
     /// Pending outbound bytes past which publishers wait.
     pub(crate) write_buffer_limit: usize,
+    /// Stamp every publish with its send time ([`crate::SENT_AT_HEADER`]).
+    pub(crate) stamp_send_time: bool,
 }
 
 /// Which side calls [`Inner::teardown`] (so it does not abort itself).
@@ -247,6 +249,24 @@ impl Inner {
         payload: &[u8],
     ) -> Result<(), Error> {
         let hdr = headers.map_or(&[][..], Headers::as_encoded);
+        if self.settings.stamp_send_time {
+            let mut block = BytesMut::with_capacity(hdr.len() + 32);
+            block.extend_from_slice(hdr);
+            let us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            agentwire_protocol::headers::encode_header(
+                &mut block,
+                crate::SENT_AT_HEADER.as_bytes(),
+                us.to_string().as_bytes(),
+            )?;
+            return self
+                .enqueue(true, |b| {
+                    encode_pub(b, subject.as_bytes(), reply.as_bytes(), &block, payload)
+                        .map_err(Error::from)
+                })
+                .await;
+        }
         self.enqueue(true, |b| {
             encode_pub(b, subject.as_bytes(), reply.as_bytes(), hdr, payload).map_err(Error::from)
         })

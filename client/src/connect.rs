@@ -54,6 +54,7 @@ pub struct ConnectOptions {
     request_timeout: Duration,
     write_buffer_limit: usize,
     read_buffer_size: usize,
+    stamp_send_time: bool,
 }
 
 impl Default for ConnectOptions {
@@ -72,6 +73,7 @@ impl ConnectOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             write_buffer_limit: DEFAULT_WRITE_BUFFER_LIMIT,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            stamp_send_time: false,
         }
     }
 
@@ -99,6 +101,15 @@ impl ConnectOptions {
     /// message larger than this is still accepted when the buffer is below the limit.
     pub fn write_buffer_limit(mut self, bytes: usize) -> ConnectOptions {
         self.write_buffer_limit = bytes.max(1);
+        self
+    }
+
+    /// Stamps every message published on this connection with its send time (header
+    /// [`crate::SENT_AT_HEADER`], µs since the Unix epoch), so the broker can measure publish →
+    /// deliver latency (its `publish_to_deliver` histogram). Off by default: it costs a header
+    /// per message.
+    pub fn stamp_send_time(mut self, on: bool) -> ConnectOptions {
+        self.stamp_send_time = on;
         self
     }
 
@@ -168,6 +179,7 @@ impl ConnectOptions {
         let settings = Settings {
             request_timeout: self.request_timeout,
             write_buffer_limit: self.write_buffer_limit,
+            stamp_send_time: self.stamp_send_time,
         };
         let inner = Arc::new(Inner::new(
             info,

@@ -99,6 +99,11 @@ pub use message::{Message, OutboundMessage};
 pub use subject::Subject;
 pub use subscriber::Subscriber;
 
+/// The header a client stamps on every publish when [`ConnectOptions::stamp_send_time`] is on:
+/// the send time in µs since the Unix epoch, read by the broker for its publish → deliver
+/// latency histogram.
+pub const SENT_AT_HEADER: &str = "Aw-Sent-Us";
+
 /// Connects to the broker at `addr` (`host:port`, e.g. `"127.0.0.1:4800"`) with default
 /// [`ConnectOptions`].
 ///

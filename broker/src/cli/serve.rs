@@ -72,18 +72,19 @@ fn parse_duration_s(s: &str) -> Result<u64, String> {
 fn build_config(a: &ServeArgs) -> Result<Config, String> {
     let mut cfg = match &a.config {
         Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
-        None => {
-            // The binary's defaults: the admin API on and the data kept on disk.
-            let mut c = Config::default();
-            c.admin.listen = Some(
-                crate::cli::admin::DEFAULT_ADMIN
-                    .parse()
-                    .map_err(|e| format!("{e}"))?,
-            );
-            c.admin.data_dir = Some(PathBuf::from("./agentwire-data"));
-            c
-        }
+        None => Config::default(),
     };
+    // The binary's defaults where the file is silent: the admin API on, the data on disk.
+    if cfg.admin.listen.is_none() {
+        cfg.admin.listen = Some(
+            crate::cli::admin::DEFAULT_ADMIN
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        );
+    }
+    if cfg.admin.data_dir.is_none() {
+        cfg.admin.data_dir = Some(PathBuf::from("./agentwire-data"));
+    }
     match a.admin.as_deref() {
         Some("off") => cfg.admin.listen = None,
         Some(v) => {

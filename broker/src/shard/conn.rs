@@ -425,6 +425,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
             return "closed by server".into();
         }
         let congested = shard.flush();
+        shard.record_stamped();
         if complete > 0 {
             shard
                 .global
@@ -534,6 +535,14 @@ fn hello(shard: &Shard, conn: &Rc<Conn>, rs: &mut ReaderState, h: &HelloFrame<'_
     tracing::debug!(conn = conn.id, name = %rs.name, "handshake done");
 }
 
+/// The publisher's send time from the `Aw-Sent-Us` header (µs since the Unix epoch), if any.
+fn sent_at_us(headers: &[u8]) -> Option<u64> {
+    proto::headers::iter(headers)
+        .filter_map(Result::ok)
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"aw-sent-us"))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(128)]);
     format!("{s:?}")
@@ -581,6 +590,9 @@ fn publish(
                 &format!("invalid header block: {e}; dropped"),
             );
             return;
+        }
+        if let Some(sent) = sent_at_us(p.headers) {
+            shard.stamped.borrow_mut().push(sent);
         }
     }
     // The subject is validated only when it is not in the match cache (cached ones were valid).

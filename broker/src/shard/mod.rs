@@ -210,6 +210,9 @@ pub(crate) struct Shard {
     pub publishes: Cell<u64>,
     /// When the read batch being handled was read.
     pub read_at: Cell<Instant>,
+    /// Send times (µs since the epoch) stamped on this batch's messages, recorded after the
+    /// batch is written.
+    pub stamped: RefCell<Vec<u64>>,
     /// Random state for power-of-two-choices (xorshift).
     pub rng: Cell<u64>,
     /// Load records of connections on any shard, looked up by queue-group routing.
@@ -243,6 +246,7 @@ impl Shard {
             cache: RefCell::new(cache),
             rr: Cell::new(0),
             read_at: Cell::new(Instant::now()),
+            stamped: RefCell::new(Vec::new()),
             publishes: Cell::new(0),
             rng: Cell::new(
                 0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0xff51_afd7_ed55_8ccd),
@@ -267,6 +271,24 @@ impl Shard {
             st.touched = true;
             drop(st);
             self.touched.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Records publish → deliver for the stamped messages of the batch just written.
+    pub fn record_stamped(&self) {
+        let mut st = self.stamped.borrow_mut();
+        if st.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for sent in st.drain(..) {
+            self.global
+                .admin
+                .hist
+                .publish_to_deliver
+                .record(now.saturating_sub(sent));
         }
     }
 
