@@ -663,20 +663,17 @@ fn route(
             continue;
         }
         if by_load && n > 1 {
-            let (i, load) = shard.choose_member(&g.members);
-            let mut f = msg_flags;
-            if request {
-                if let Some(l) = &load {
-                    l.dispatched
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    f |= TRACK_REPLY;
-                }
-            }
+            let (i, tracked) = shard.choose_member(&g.members, request);
+            let f = if tracked {
+                msg_flags | TRACK_REPLY
+            } else {
+                msg_flags
+            };
             if deliver(shard, g.members[i], f, src, at, len, stash) {
                 continue;
             }
-            if let (true, Some(l)) = (request, &load) {
-                l.give_up(1);
+            if tracked {
+                shard.untrack(g.members[i].conn);
             }
         }
         let start = shard.rr.get();

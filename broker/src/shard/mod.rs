@@ -292,19 +292,24 @@ impl Shard {
         }
     }
 
-    /// The load record of connection `conn` (any shard), cached per shard.
-    pub fn load_of(&self, conn: u64) -> Option<Arc<ConnLoad>> {
-        if let Some(l) = self.load_cache.borrow().get(&conn) {
-            return Some(l.clone());
+    /// Makes sure the load records of `conns` are in this shard's cache (a miss reads the
+    /// global map once; entries of closed connections are dropped when the cache is full).
+    fn cache_loads(&self, conns: [u64; 2]) {
+        let cache = self.load_cache.borrow();
+        if conns.iter().all(|c| cache.contains_key(c)) {
+            return;
         }
-        let l = self.global.loads.read().get(&conn).cloned()?;
+        drop(cache);
+        let global = self.global.loads.read();
         let mut cache = self.load_cache.borrow_mut();
         if cache.len() >= 8192 {
-            // Entries of closed connections are never looked up again; start over.
             cache.clear();
         }
-        cache.insert(conn, l.clone());
-        Some(l)
+        for c in conns {
+            if let Some(l) = global.get(&c) {
+                cache.entry(c).or_insert_with(|| l.clone());
+            }
+        }
     }
 
     fn next_rand(&self) -> u64 {
@@ -317,23 +322,36 @@ impl Shard {
     }
 
     /// Picks a queue-group member by load: two distinct members at random, the lower
-    /// [`ConnLoad::score`] wins; unhealthy members lose to healthy ones. Returns the index and
-    /// the winner's load record.
-    pub fn choose_member(&self, members: &[SubTarget]) -> (usize, Option<Arc<ConnLoad>>) {
+    /// [`ConnLoad::score`] wins; unhealthy members lose to healthy ones. For a `request`, the
+    /// winner's outstanding count goes up (its next publish is taken as the reply). Returns
+    /// the index and whether the request is tracked. `members` has at least two entries.
+    pub fn choose_member(&self, members: &[SubTarget], request: bool) -> (usize, bool) {
         let n = members.len();
         let r = self.next_rand();
         let a = (r % n as u64) as usize;
         let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-        let la = self.load_of(members[a].conn);
-        let lb = self.load_of(members[b].conn);
-        let key = |l: &Option<Arc<ConnLoad>>| match l {
+        self.cache_loads([members[a].conn, members[b].conn]);
+        let cache = self.load_cache.borrow();
+        let la = cache.get(&members[a].conn);
+        let lb = cache.get(&members[b].conn);
+        let key = |l: Option<&Arc<ConnLoad>>| match l {
             Some(l) => (!l.healthy(), l.score()),
             None => (false, 0),
         };
-        if key(&lb) < key(&la) {
-            (b, lb)
-        } else {
-            (a, la)
+        let (i, l) = if key(lb) < key(la) { (b, lb) } else { (a, la) };
+        match (request, l) {
+            (true, Some(l)) => {
+                l.dispatched.fetch_add(1, Ordering::Relaxed);
+                (i, true)
+            }
+            _ => (i, false),
+        }
+    }
+
+    /// Takes back a tracked request that could not be delivered.
+    pub fn untrack(&self, conn: u64) {
+        if let Some(l) = self.load_cache.borrow().get(&conn) {
+            l.give_up(1);
         }
     }
 
