@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need when missing, then runs
+# `cargo test --workspace` (extra arguments are passed through, e.g. `-p agentwire-broker`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Run as root directly, otherwise through sudo.
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# broker/tests/prometheus.rs scrapes a real broker with a real Prometheus server (Debian's
+# `prometheus` package; the test starts it itself on an ephemeral loopback port).
+if ! command -v prometheus >/dev/null 2>&1; then
+    # Refresh the package lists only when the package is not known yet.
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        $SUDO apt-get update
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends prometheus
+    # The package may start a system service on :9090; stop it so nothing is left running.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+        $SUDO systemctl disable --now prometheus || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+        $SUDO service prometheus stop >/dev/null 2>&1 || true
+    fi
+    if command -v ss >/dev/null 2>&1 && ss -ltn 'sport = :9090' | grep -q LISTEN; then
+        echo "scripts/test.sh: something still listens on :9090 after installing prometheus:" >&2
+        ss -ltnp 'sport = :9090' >&2 || true
+    fi
+fi
+
+cargo test --workspace "$@"
