@@ -41,7 +41,8 @@ impl Broker {
             .spawn()
             .expect("spawn agentwire serve");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
+        // The client port listens first; the admin API binds after the data dir is open.
+        while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "broker did not start listening on {addr}"

@@ -663,7 +663,14 @@ fn route(
             continue;
         }
         if by_load && n > 1 {
-            let (i, tracked) = shard.choose_member(&g.members, request);
+            let (i, tracked) = if request {
+                shard.choose_member(&g.members, true)
+            } else {
+                (
+                    shard.sticky_member(g as *const _ as usize, &g.members),
+                    false,
+                )
+            };
             let f = if tracked {
                 msg_flags | TRACK_REPLY
             } else {

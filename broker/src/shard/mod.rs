@@ -192,6 +192,9 @@ fn bump(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
 }
 
+/// Plain (non-request) messages in a row to one queue group that share one choice by load.
+pub const STICKY_MESSAGES: u32 = 64;
+
 /// One publish in this many has its subject counted for the hottest-subjects report.
 pub const HOT_SAMPLE: u64 = 1024;
 
@@ -213,6 +216,9 @@ pub(crate) struct Shard {
     /// Send times (µs since the epoch) stamped on this batch's messages, recorded after the
     /// batch is written.
     pub stamped: RefCell<Vec<u64>>,
+    /// The last queue-group choice for plain messages: (group identity, member index,
+    /// messages left before choosing again).
+    pub sticky: Cell<(usize, usize, u32)>,
     /// Random state for power-of-two-choices (xorshift).
     pub rng: Cell<u64>,
     /// Load records of connections on any shard, looked up by queue-group routing.
@@ -248,6 +254,7 @@ impl Shard {
             read_at: Cell::new(Instant::now()),
             stamped: RefCell::new(Vec::new()),
             publishes: Cell::new(0),
+            sticky: Cell::new((0, 0, 0)),
             rng: Cell::new(
                 0x9e37_79b9_7f4a_7c15 ^ (u64::from(id) + 1).wrapping_mul(0xff51_afd7_ed55_8ccd),
             ),
@@ -346,6 +353,20 @@ impl Shard {
             }
             _ => (i, false),
         }
+    }
+
+    /// The member of group `key` (its match's address) for a plain message (no reply): chosen
+    /// by load once per [`STICKY_MESSAGES`] messages in a row to the same group, so a stream
+    /// of messages pays for the choice once per run, not per message.
+    pub fn sticky_member(&self, key: usize, members: &[SubTarget]) -> usize {
+        let (k, i, left) = self.sticky.get();
+        if k == key && left > 0 && i < members.len() {
+            self.sticky.set((k, i, left - 1));
+            return i;
+        }
+        let (i, _) = self.choose_member(members, false);
+        self.sticky.set((key, i, STICKY_MESSAGES - 1));
+        i
     }
 
     /// Takes back a tracked request that could not be delivered.
