@@ -20,10 +20,10 @@ use tokio::sync::watch;
 
 use super::registry::instance_json;
 use super::store::{Changes, StoreError};
+use super::DataPlane;
 use super::{metrics, now_ms, rollback_config, set_config};
-use crate::shard::Global;
 
-type AppState = Arc<Global>;
+type AppState = Arc<dyn DataPlane>;
 
 /// An API error: status, stable code, message.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The router, for tests and for [`serve`].
-pub fn router(global: Arc<Global>) -> Router {
+pub fn router(global: Arc<dyn DataPlane>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -119,7 +119,7 @@ pub fn router(global: Arc<Global>) -> Router {
 
 /// Serves the API on `listener` until `stop`.
 pub async fn serve(
-    global: Arc<Global>,
+    global: Arc<dyn DataPlane>,
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -140,7 +140,7 @@ pub async fn serve(
 }
 
 async fn readyz(State(g): State<AppState>) -> Response {
-    let ready = g.shards.iter().all(|s| s.is_running());
+    let ready = g.shards_running();
     if ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -156,7 +156,7 @@ async fn readyz(State(g): State<AppState>) -> Response {
 async fn prometheus(State(g): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&g),
+        metrics::render(&*g),
     )
         .into_response()
 }
@@ -170,7 +170,7 @@ async fn openapi() -> Response {
 }
 
 async fn status(State(g): State<AppState>) -> Json<Value> {
-    let instances = g.admin.registry.list("", "", true);
+    let instances = g.admin().registry.list("", "", true);
     let unhealthy = instances.iter().filter(|i| !i.healthy).count();
     let overall = if unhealthy == 0 {
         "healthy"
@@ -213,12 +213,12 @@ async fn status(State(g): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    let snap = crate::shard::snapshot(&g);
+    let snap = g.stats();
     Json(json!({
         "status": overall,
-        "server_id": g.server_id,
+        "server_id": g.server_id(),
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": g.admin.started.elapsed().as_secs(),
+        "uptime_s": g.admin().started.elapsed().as_secs(),
         "connections": snap.connections,
         "components": components,
         "last_updated_ms": now_ms(),
@@ -236,26 +236,30 @@ async fn system_metrics(
     State(g): State<AppState>,
     Query(q): Query<SinceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut v = metrics::current_json(&g);
+    let mut v = metrics::current_json(&*g);
     if let Some(since) = q.since {
         let limit = q.limit.unwrap_or(10_000).min(100_000);
         let name = q.name.clone();
         let g2 = g.clone();
-        let hist =
-            blocking(move || g2.admin.store.metrics_since(since, name.as_deref(), limit)).await?;
+        let hist = blocking(move || {
+            g2.admin()
+                .store
+                .metrics_since(since, name.as_deref(), limit)
+        })
+        .await?;
         v["history"] = serde_json::to_value(hist).unwrap_or_default();
     }
     Ok(Json(v))
 }
 
 async fn optimize(State(g): State<AppState>) -> Json<Value> {
-    Json(super::optimize::report(&g))
+    Json(super::optimize::report(&*g))
 }
 
 async fn deployment(State(g): State<AppState>) -> Json<Value> {
-    let cfg = &g.config;
+    let cfg = &g.config();
     let versions: Vec<Value> = g
-        .admin
+        .admin()
         .config_versions()
         .into_iter()
         .map(|(c, e, v)| json!({"component": c, "environment": e, "version": v}))
@@ -267,13 +271,13 @@ async fn deployment(State(g): State<AppState>) -> Json<Value> {
             "rustc_target": std::env::consts::ARCH,
             "os": std::env::consts::OS,
         },
-        "server_id": g.server_id,
-        "started_at_ms": g.admin.started_ms,
-        "uptime_s": g.admin.started.elapsed().as_secs(),
-        "shards": g.shards.len(),
+        "server_id": g.server_id(),
+        "started_at_ms": g.admin().started_ms,
+        "uptime_s": g.admin().started.elapsed().as_secs(),
+        "shards": g.shard_count(),
         "listeners": {
             "clients": cfg.listen.to_string(),
-            "admin": g.admin.http_addr.read().map(|a| a.to_string()),
+            "admin": g.admin().http_addr.read().map(|a| a.to_string()),
         },
         "data_dir": cfg.admin.data_dir.as_ref().map(|p| p.display().to_string()),
         "routing": match cfg.admin.routing {
@@ -291,7 +295,7 @@ struct ListQuery {
 }
 
 async fn components(State(g): State<AppState>, Query(q): Query<ListQuery>) -> Json<Value> {
-    let list = g.admin.registry.list(
+    let list = g.admin().registry.list(
         "",
         q.capability.as_deref().unwrap_or(""),
         q.include_unhealthy.unwrap_or(true),
@@ -303,11 +307,11 @@ async fn component(
     State(g): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let list = g.admin.registry.list(&name, "", true);
+    let list = g.admin().registry.list(&name, "", true);
     let known = {
         let g2 = g.clone();
         let n = name.clone();
-        blocking(move || g2.admin.store.component_exists(&n)).await?
+        blocking(move || g2.admin().store.component_exists(&n)).await?
     };
     if list.is_empty() && !known {
         return Err(ApiError::new(
@@ -317,7 +321,7 @@ async fn component(
         ));
     }
     let rtt = g
-        .admin
+        .admin()
         .hist
         .round_trips()
         .into_iter()
@@ -332,7 +336,7 @@ async fn component(
 }
 
 async fn config_components(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let list = blocking(move || g.admin.store.components()).await?;
+    let list = blocking(move || g.admin().store.components()).await?;
     Ok(Json(json!({"components": list})))
 }
 
@@ -353,7 +357,7 @@ async fn config_get(
     Query(q): Query<EnvQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let env = env_or_default(q.environment);
-    let snap = blocking(move || g.admin.store.current(&name, &env)).await?;
+    let snap = blocking(move || g.admin().store.current(&name, &env)).await?;
     Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
 }
 
@@ -391,7 +395,7 @@ async fn config_put(
     let create = b.create;
     let expected = b.expected_version;
     let snap =
-        blocking(move || set_config(&g, &name, &env, &changes, expected, create, &by)).await?;
+        blocking(move || set_config(&*g, &name, &env, &changes, expected, create, &by)).await?;
     Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
 }
 
@@ -403,7 +407,7 @@ async fn config_history(
     let env = env_or_default(q.environment);
     let limit = q.limit.unwrap_or(100).min(10_000);
     let (n2, e2) = (name.clone(), env.clone());
-    let versions = blocking(move || g.admin.store.history(&n2, &e2, limit)).await?;
+    let versions = blocking(move || g.admin().store.history(&n2, &e2, limit)).await?;
     Ok(Json(
         json!({"component": name, "environment": env, "versions": versions}),
     ))
@@ -428,7 +432,7 @@ async fn config_rollback(
     let env = env_or_default(b.environment);
     let by = who(&headers, b.updated_by);
     let snap =
-        blocking(move || rollback_config(&g, &name, &env, b.version, b.expected_version, &by))
+        blocking(move || rollback_config(&*g, &name, &env, b.version, b.expected_version, &by))
             .await?;
     Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
 }

@@ -8,7 +8,6 @@
 //! Label sets are bounded: shard index, error code name, component name, quantile. Never a
 //! subject.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use tokio::sync::watch;
 use super::hist::Percentiles;
 use super::now_ms;
 use super::store::MetricSample;
-use crate::shard::Global;
+use super::DataPlane;
 
 /// Reads one percentile.
 type Pick = fn(&Percentiles) -> u64;
@@ -33,43 +32,36 @@ const QUANTILES: [(&str, Pick); 5] = [
 ];
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(global: &Global) -> String {
+pub fn render(global: &dyn DataPlane) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || record_all(global));
     handle.render()
 }
 
-fn record_all(global: &Global) {
+fn record_all(global: &dyn DataPlane) {
     use metrics::{counter, gauge};
-    for s in &global.shards {
-        let shard = s.id.to_string();
-        let st = &s.stats;
-        counter!("agentwire_messages_in_total", "shard" => shard.clone())
-            .absolute(st.msgs_in.load(Relaxed));
-        counter!("agentwire_messages_out_total", "shard" => shard.clone())
-            .absolute(st.msgs_out.load(Relaxed));
-        counter!("agentwire_bytes_in_total", "shard" => shard.clone())
-            .absolute(st.bytes_in.load(Relaxed));
-        counter!("agentwire_bytes_out_total", "shard" => shard.clone())
-            .absolute(st.bytes_out.load(Relaxed));
+    for f in global.shard_figures() {
+        let shard = f.shard.to_string();
+        counter!("agentwire_messages_in_total", "shard" => shard.clone()).absolute(f.msgs_in);
+        counter!("agentwire_messages_out_total", "shard" => shard.clone()).absolute(f.msgs_out);
+        counter!("agentwire_bytes_in_total", "shard" => shard.clone()).absolute(f.bytes_in);
+        counter!("agentwire_bytes_out_total", "shard" => shard.clone()).absolute(f.bytes_out);
         counter!("agentwire_cross_shard_messages_total", "shard" => shard.clone())
-            .absolute(st.cross_shard_out.load(Relaxed));
+            .absolute(f.cross_shard);
         counter!("agentwire_connections_accepted_total", "shard" => shard.clone())
-            .absolute(st.conns_total.load(Relaxed));
-        gauge!("agentwire_connections", "shard" => shard.clone())
-            .set(st.conns_open.load(Relaxed) as f64);
+            .absolute(f.conns_total);
+        gauge!("agentwire_connections", "shard" => shard.clone()).set(f.conns_open as f64);
         counter!("agentwire_slow_consumers_total", "shard" => shard.clone())
-            .absolute(st.slow_consumers.load(Relaxed));
-        counter!("agentwire_dropped_messages_total", "shard" => shard)
-            .absolute(st.dropped.load(Relaxed));
+            .absolute(f.slow_consumers);
+        counter!("agentwire_dropped_messages_total", "shard" => shard).absolute(f.dropped);
     }
-    let snap = crate::shard::snapshot(global);
+    let snap = global.stats();
     for (code, n) in &snap.errors {
         counter!("agentwire_errors_total", "code" => code.clone()).absolute(*n);
     }
-    gauge!("agentwire_subscriptions").set(global.routing.subscription_count() as f64);
-    let admin = &global.admin;
+    gauge!("agentwire_subscriptions").set(global.subscription_count() as f64);
+    let admin = global.admin();
     gauge!("agentwire_uptime_seconds").set(admin.started.elapsed().as_secs_f64());
     let mut per_component: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for i in admin.registry.list("", "", true) {
@@ -107,27 +99,16 @@ fn record_all(global: &Global) {
 }
 
 /// Current figures as JSON (`GET /api/v1/system/metrics`).
-pub fn current_json(global: &Global) -> serde_json::Value {
-    let snap = crate::shard::snapshot(global);
-    let admin = &global.admin;
-    let shards: Vec<_> = global
-        .shards
-        .iter()
-        .map(|s| {
-            json!({
-                "shard": s.id,
-                "messages_in": s.stats.msgs_in.load(Relaxed),
-                "messages_out": s.stats.msgs_out.load(Relaxed),
-                "connections": s.stats.conns_open.load(Relaxed),
-            })
-        })
-        .collect();
+pub fn current_json(global: &dyn DataPlane) -> serde_json::Value {
+    let snap = global.stats();
+    let admin = global.admin();
+    let shards = global.shard_figures();
     let (instances, unhealthy) = admin.registry.counts();
     json!({
         "timestamp_ms": now_ms(),
         "uptime_s": admin.started.elapsed().as_secs_f64(),
         "totals": snap,
-        "subscriptions": global.routing.subscription_count(),
+        "subscriptions": global.subscription_count(),
         "shards": shards,
         "instances": instances,
         "unhealthy_instances": unhealthy,
@@ -142,13 +123,13 @@ pub fn current_json(global: &Global) -> serde_json::Value {
 }
 
 /// Stores a sample every `metrics_sample_ms` and prunes old samples, until stopped.
-pub async fn sampler(global: Arc<Global>, mut stop: watch::Receiver<bool>) {
-    let cfg = &global.config.admin;
+pub async fn sampler(global: Arc<dyn DataPlane>, mut stop: watch::Receiver<bool>) {
+    let cfg = &global.config().admin;
     let every = Duration::from_millis(cfg.metrics_sample_ms);
     let retention_ms = cfg.metrics_retention_s.saturating_mul(1000);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = (crate::shard::snapshot(&global), std::time::Instant::now());
+    let mut last = (global.stats(), std::time::Instant::now());
     let mut last_prune = None::<std::time::Instant>;
     tick.tick().await;
     loop {
@@ -162,7 +143,7 @@ pub async fn sampler(global: Arc<Global>, mut stop: watch::Receiver<bool>) {
             }
         }
         let now = std::time::Instant::now();
-        let snap = crate::shard::snapshot(&global);
+        let snap = global.stats();
         let secs = now.duration_since(last.1).as_secs_f64().max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
         let ts = now_ms();
@@ -189,14 +170,14 @@ pub async fn sampler(global: Arc<Global>, mut stop: watch::Receiver<bool>) {
             sample("slow_consumers_total", snap.slow_consumers as f64, None),
             sample(
                 "residence_p99_us",
-                global.admin.hist.residence.percentiles().p99 as f64,
+                global.admin().hist.residence.percentiles().p99 as f64,
                 None,
             ),
         ];
-        let (instances, unhealthy) = global.admin.registry.counts();
+        let (instances, unhealthy) = global.admin().registry.counts();
         samples.push(sample("instances", instances as f64, None));
         samples.push(sample("unhealthy_instances", unhealthy as f64, None));
-        for (c, p) in global.admin.hist.round_trips() {
+        for (c, p) in global.admin().hist.round_trips() {
             if p.count > 0 {
                 samples.push(sample(
                     "request_round_trip_p95_us",
@@ -213,9 +194,9 @@ pub async fn sampler(global: Arc<Global>, mut stop: watch::Receiver<bool>) {
         }
         let g = global.clone();
         let r = tokio::task::spawn_blocking(move || {
-            g.admin.store.record_metrics(&samples)?;
+            g.admin().store.record_metrics(&samples)?;
             if prune {
-                g.admin
+                g.admin()
                     .store
                     .prune_metrics(now_ms().saturating_sub(retention_ms))?;
             }

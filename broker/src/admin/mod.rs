@@ -26,8 +26,8 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::config::Config;
-use crate::shard::{Global, ShardCmd};
+use crate::config::Config as BrokerConfig;
+use crate::stats::StatsSnapshot;
 use registry::{Event, HealthPolicy, Registry};
 use store::{Changes, ConfigSnapshot, ConfigStore, StoreError};
 
@@ -85,7 +85,7 @@ impl Admin {
     ///
     /// # Errors
     /// The database cannot be opened or read.
-    pub fn new(config: &Config) -> Result<Admin, StoreError> {
+    pub fn new(config: &BrokerConfig) -> Result<Admin, StoreError> {
         let a = &config.admin;
         let store = match &a.data_dir {
             Some(d) => ConfigStore::open(d)?,
@@ -154,20 +154,93 @@ impl Admin {
     }
 }
 
+/// A command from the admin plane to a shard.
+#[derive(Debug)]
+pub enum ShardCmd {
+    /// Append a ready-made frame to a connection's output (e.g. CONFIG).
+    SendFrame {
+        /// Target connection (owned by that shard).
+        conn: u64,
+        /// The frame.
+        frame: Bytes,
+    },
+    /// A message from the broker itself: deliver to the shard's matching subscribers.
+    Publish {
+        /// Literal subject.
+        subject: Bytes,
+        /// Payload.
+        payload: Bytes,
+    },
+}
+
+/// One shard's counters, as plain figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardFigures {
+    /// Shard index.
+    pub shard: u16,
+    /// Messages published in.
+    pub msgs_in: u64,
+    /// Messages delivered out.
+    pub msgs_out: u64,
+    /// Bytes in.
+    pub bytes_in: u64,
+    /// Bytes out.
+    pub bytes_out: u64,
+    /// Messages handed to other shards.
+    pub cross_shard: u64,
+    /// Connections accepted, ever.
+    pub conns_total: u64,
+    /// Connections open.
+    pub conns_open: u64,
+    /// Slow consumers disconnected.
+    pub slow_consumers: u64,
+    /// Messages dropped for closing or slow targets.
+    pub dropped: u64,
+}
+
+/// What the admin plane needs from the data plane: its figures, and a way to send commands to
+/// shards. Implemented by the shards' shared state (`shard::Global`), so the admin plane never
+/// depends on the shard module.
+pub trait DataPlane: Send + Sync + 'static {
+    /// The admin plane's own state.
+    fn admin(&self) -> &Admin;
+    /// The configuration the server started with.
+    fn config(&self) -> &BrokerConfig;
+    /// This process's server id.
+    fn server_id(&self) -> &str;
+    /// Number of shards.
+    fn shard_count(&self) -> usize;
+    /// Whether every shard's event loop is running.
+    fn shards_running(&self) -> bool;
+    /// Sends a command to shard `shard` (dropped when it has stopped).
+    fn send(&self, shard: u16, cmd: ShardCmd);
+    /// Counters summed over every shard.
+    fn stats(&self) -> StatsSnapshot;
+    /// Each shard's counters.
+    fn shard_figures(&self) -> Vec<ShardFigures>;
+    /// Subscriptions in the routing table.
+    fn subscription_count(&self) -> usize;
+    /// Load records of the open connections, by connection id.
+    fn loads(&self) -> Vec<(u64, Arc<load::ConnLoad>)>;
+}
+
 /// Publishes a message from the broker itself on `subject` to every matching subscriber.
-pub fn sys_publish(global: &Global, subject: String, payload: Vec<u8>) {
+pub fn sys_publish(global: &dyn DataPlane, subject: String, payload: Vec<u8>) {
     let subject: Bytes = subject.into_bytes().into();
     let payload = Bytes::from(payload);
-    for s in &global.shards {
-        s.send(ShardCmd::Publish {
-            subject: subject.clone(),
-            payload: payload.clone(),
-        });
+    for i in 0..global.shard_count() {
+        global.send(
+            i as u16,
+            ShardCmd::Publish {
+                subject: subject.clone(),
+                payload: payload.clone(),
+            },
+        );
     }
 }
 
 /// Publishes registry events on their system subjects.
-pub fn publish_events(global: &Global, events: Vec<Event>) {
+pub fn publish_events(global: &dyn DataPlane, events: Vec<Event>) {
     for e in events {
         tracing::info!(
             component = %e.instance().component,
@@ -182,8 +255,8 @@ pub fn publish_events(global: &Global, events: Vec<Event>) {
 
 /// Writes a config change (or rollback) through the store, updates the cache and pushes the new
 /// config to every live instance of the component in that environment.
-fn apply_and_push(global: &Global, snap: &ConfigSnapshot) {
-    let admin = &global.admin;
+fn apply_and_push(global: &dyn DataPlane, snap: &ConfigSnapshot) {
+    let admin = global.admin();
     let update = to_update(snap);
     let mut frame = BytesMut::new();
     if let Err(e) = encode_control(&mut frame, &update) {
@@ -207,10 +280,13 @@ fn apply_and_push(global: &Global, snap: &ConfigSnapshot) {
     }
     let conns = admin.registry.conns_of(&snap.component, &snap.environment);
     for at in conns {
-        global.shards[at.shard as usize].send(ShardCmd::SendFrame {
-            conn: at.conn,
-            frame: frame.clone(),
-        });
+        global.send(
+            at.shard,
+            ShardCmd::SendFrame {
+                conn: at.conn,
+                frame: frame.clone(),
+            },
+        );
     }
     sys_publish(
         global,
@@ -225,7 +301,7 @@ fn apply_and_push(global: &Global, snap: &ConfigSnapshot) {
 /// # Errors
 /// As [`ConfigStore::set`].
 pub fn set_config(
-    global: &Global,
+    global: &dyn DataPlane,
     component: &str,
     environment: &str,
     changes: &Changes,
@@ -233,9 +309,9 @@ pub fn set_config(
     create: bool,
     by: &str,
 ) -> Result<ConfigSnapshot, StoreError> {
-    let store = &global.admin.store;
+    let store = &global.admin().store;
     // A component with live instances is known even if its record is still being written.
-    let create = create || !global.admin.registry.list(component, "", true).is_empty();
+    let create = create || !global.admin().registry.list(component, "", true).is_empty();
     let snap = if create {
         store.set_creating(component, environment, changes, expected_version, by)?
     } else {
@@ -250,7 +326,7 @@ pub fn set_config(
 /// # Errors
 /// As [`ConfigStore::rollback`].
 pub fn rollback_config(
-    global: &Global,
+    global: &dyn DataPlane,
     component: &str,
     environment: &str,
     to_version: u64,
@@ -259,7 +335,7 @@ pub fn rollback_config(
 ) -> Result<ConfigSnapshot, StoreError> {
     let snap =
         global
-            .admin
+            .admin()
             .store
             .rollback(component, environment, to_version, expected_version, by)?;
     apply_and_push(global, &snap);
@@ -279,10 +355,10 @@ pub struct AdminThread {
 /// # Errors
 /// The HTTP address cannot be bound, or the thread cannot start.
 pub fn start(
-    global: Arc<Global>,
+    global: Arc<dyn DataPlane>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<(AdminThread, Option<SocketAddr>)> {
-    let listener = match global.config.admin.listen {
+    let listener = match global.config().admin.listen {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {e}"))
@@ -296,7 +372,7 @@ pub fn start(
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
-    *global.admin.http_addr.write() = http_addr;
+    *global.admin().http_addr.write() = http_addr;
     let thread = std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -319,7 +395,7 @@ pub fn start(
 }
 
 async fn run(
-    global: Arc<Global>,
+    global: Arc<dyn DataPlane>,
     listener: Option<std::net::TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -334,13 +410,13 @@ async fn run(
         }
     }
     tokio::spawn(metrics::sampler(global.clone(), stop.clone()));
-    if let Some(mut rx) = global.admin.jobs_rx.lock().take() {
+    if let Some(mut rx) = global.admin().jobs_rx.lock().take() {
         let g = global.clone();
         tokio::spawn(async move {
             while let Some(name) = rx.recv().await {
                 let g2 = g.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    g2.admin.store.ensure_component(&name, "registration")
+                    g2.admin().store.ensure_component(&name, "registration")
                 })
                 .await;
                 match r {
@@ -351,15 +427,15 @@ async fn run(
             }
         });
     }
-    let every = global.admin.registry.policy().interval / 4;
+    let every = global.admin().registry.policy().interval / 4;
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let ev = global.admin.registry.sweep(Instant::now());
+                let ev = global.admin().registry.sweep(Instant::now());
                 if !ev.is_empty() {
-                    publish_events(&global, ev);
+                    publish_events(&*global, ev);
                 }
             }
             r = stop.changed() => {

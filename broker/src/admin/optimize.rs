@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 
 use super::load::PROBE_AFTER_US;
 use super::now_ms;
-use crate::shard::{Global, HOT_SAMPLE};
+use super::DataPlane;
+
+/// One publish in this many has its subject counted for the hottest-subjects report.
+pub const HOT_SAMPLE: u64 = 1024;
 
 /// Most distinct subjects kept by the sampler; past it, new subjects are not counted until the
 /// next report resets it.
@@ -47,20 +50,15 @@ impl HotSubjects {
 }
 
 /// Builds the report and takes the safe actions.
-pub fn report(global: &Global) -> Value {
-    let admin = &global.admin;
+pub fn report(global: &dyn DataPlane) -> Value {
+    let admin = global.admin();
     let hottest: Vec<Value> = admin
         .hot
         .take_top(10)
         .into_iter()
         .map(|(s, n)| json!({"subject": s, "estimated_publishes": n}))
         .collect();
-    let loads: Vec<(u64, std::sync::Arc<super::load::ConnLoad>)> = global
-        .loads
-        .read()
-        .iter()
-        .map(|(k, v)| (*k, v.clone()))
-        .collect();
+    let loads = global.loads();
     let mut slow: Vec<(u64, u64)> = loads
         .iter()
         .map(|(c, l)| (*c, l.pending_bytes.load(Relaxed)))
@@ -72,16 +70,9 @@ pub fn report(global: &Global) -> Value {
         .into_iter()
         .map(|(c, p)| json!({"connection": c, "pending_bytes": p}))
         .collect();
-    let per_shard: Vec<u64> = global
-        .shards
-        .iter()
-        .map(|s| s.stats.msgs_in.load(Relaxed) + s.stats.msgs_out.load(Relaxed))
-        .collect();
-    let conns: Vec<u64> = global
-        .shards
-        .iter()
-        .map(|s| s.stats.conns_open.load(Relaxed))
-        .collect();
+    let figures = global.shard_figures();
+    let per_shard: Vec<u64> = figures.iter().map(|f| f.msgs_in + f.msgs_out).collect();
+    let conns: Vec<u64> = figures.iter().map(|f| f.conns_open).collect();
     let max = per_shard.iter().copied().max().unwrap_or(0);
     let min = per_shard.iter().copied().min().unwrap_or(0);
     let imbalance = if min == 0 {
@@ -124,7 +115,11 @@ pub fn report(global: &Global) -> Value {
         "action": "forget_stale_latency_estimates",
         "connections": forgotten,
     }));
-    let retention_ms = global.config.admin.metrics_retention_s.saturating_mul(1000);
+    let retention_ms = global
+        .config()
+        .admin
+        .metrics_retention_s
+        .saturating_mul(1000);
     match admin
         .store
         .prune_metrics(now_ms().saturating_sub(retention_ms))

@@ -16,8 +16,9 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 
 use super::conn::Conn;
-use super::{Shard, ShardCmd};
+use super::Shard;
 use crate::admin::registry::ConnRef;
+use crate::admin::ShardCmd;
 use crate::admin::{publish_events, registry::Event};
 
 /// Handles one control frame from a client.
@@ -33,7 +34,7 @@ pub(crate) fn handle(shard: &Shard, conn: &Rc<Conn>, opc: u8, body: &[u8]) {
             match shard.global.admin.registry.deregister(conn.id, "deregistered") {
                 Some(ev) => {
                     *conn.component.borrow_mut() = None;
-                    publish_events(&shard.global, vec![ev]);
+                    publish_events(&*shard.global, vec![ev]);
                 }
                 None => conn.send_err(
                     shard,
@@ -106,7 +107,7 @@ fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
     *conn.component.borrow_mut() = Some(admin.hist.round_trip(&info.component));
     // Record the component in the database on the admin thread (a disk write).
     admin.note_component(&info.component);
-    publish_events(&shard.global, vec![Event::Joined(info)]);
+    publish_events(&*shard.global, vec![Event::Joined(info)]);
 }
 
 fn heartbeat(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
@@ -115,7 +116,7 @@ fn heartbeat(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
         Err(e) => return invalid(shard, conn, "HEARTBEAT", e),
     };
     match shard.global.admin.registry.heartbeat(conn.id, &hb) {
-        Ok(Some(ev)) => publish_events(&shard.global, vec![ev]),
+        Ok(Some(ev)) => publish_events(&*shard.global, vec![ev]),
         Ok(None) => {}
         Err(refusal) => conn.send_err(shard, refusal.code, &refusal.message),
     }
@@ -157,7 +158,7 @@ pub(crate) fn connection_closed(shard: &Shard, conn: &Conn) {
         .registry
         .deregister(conn.id, "disconnected")
     {
-        publish_events(&shard.global, vec![ev]);
+        publish_events(&*shard.global, vec![ev]);
     }
 }
 

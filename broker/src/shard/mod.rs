@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::admin::load::ConnLoad;
-use crate::admin::Admin;
+use crate::admin::{Admin, DataPlane, ShardCmd, ShardFigures};
 use crate::config::Config;
 use crate::routing::{MatchCache, RoutingTable, SubTarget};
 use crate::stats::ShardStats;
@@ -82,25 +82,6 @@ pub struct ShardHandle {
     control_tx: mpsc::UnboundedSender<ShardCmd>,
     control_rx: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<ShardCmd>>>,
     running: std::sync::atomic::AtomicBool,
-}
-
-/// A command from the admin plane to a shard.
-#[derive(Debug)]
-pub enum ShardCmd {
-    /// Append a ready-made frame to a connection's output (e.g. CONFIG).
-    SendFrame {
-        /// Target connection (owned by this shard).
-        conn: u64,
-        /// The frame.
-        frame: Bytes,
-    },
-    /// A message from the broker itself: deliver to this shard's matching subscribers.
-    Publish {
-        /// Literal subject.
-        subject: Bytes,
-        /// Payload.
-        payload: Bytes,
-    },
 }
 
 impl ShardHandle {
@@ -177,6 +158,63 @@ impl Global {
     }
 }
 
+impl DataPlane for Global {
+    fn admin(&self) -> &Admin {
+        &self.admin
+    }
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn server_id(&self) -> &str {
+        &self.server_id
+    }
+    fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+    fn shards_running(&self) -> bool {
+        self.shards.iter().all(|s| s.is_running())
+    }
+    fn send(&self, shard: u16, cmd: ShardCmd) {
+        if let Some(s) = self.shards.get(shard as usize) {
+            s.send(cmd);
+        }
+    }
+    fn stats(&self) -> crate::stats::StatsSnapshot {
+        snapshot(self)
+    }
+    fn shard_figures(&self) -> Vec<ShardFigures> {
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.shards
+            .iter()
+            .map(|s| {
+                let st = &s.stats;
+                ShardFigures {
+                    shard: s.id,
+                    msgs_in: ld(&st.msgs_in),
+                    msgs_out: ld(&st.msgs_out),
+                    bytes_in: ld(&st.bytes_in),
+                    bytes_out: ld(&st.bytes_out),
+                    cross_shard: ld(&st.cross_shard_out),
+                    conns_total: ld(&st.conns_total),
+                    conns_open: ld(&st.conns_open),
+                    slow_consumers: ld(&st.slow_consumers),
+                    dropped: ld(&st.dropped),
+                }
+            })
+            .collect()
+    }
+    fn subscription_count(&self) -> usize {
+        self.routing.subscription_count()
+    }
+    fn loads(&self) -> Vec<(u64, Arc<ConnLoad>)> {
+        self.loads
+            .read()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+}
+
 /// Counters accumulated during a batch and added to the shared atomics once per batch.
 #[derive(Debug, Default)]
 pub(crate) struct LocalCounters {
@@ -195,8 +233,7 @@ fn bump(c: &Cell<u64>, n: u64) {
 /// Plain (non-request) messages in a row to one queue group that share one choice by load.
 pub const STICKY_MESSAGES: u32 = 64;
 
-/// One publish in this many has its subject counted for the hottest-subjects report.
-pub const HOT_SAMPLE: u64 = 1024;
+pub use crate::admin::optimize::HOT_SAMPLE;
 
 /// A shard's own state, living on its thread only.
 pub(crate) struct Shard {
