@@ -1,10 +1,12 @@
 //! The broker under test as a separate process, and what `/proc` says about it.
 //!
 //! By default every run starts a fresh `agentwire serve --listen 127.0.0.1:<free port>` (the
-//! binary next to this executable, or `--broker-bin`), waits until the port accepts, and stops
-//! it by PID afterwards (SIGTERM, then SIGKILL after [`STOP_GRACE`]). A fresh process per run
-//! makes its peak RSS (`VmHWM`) a per-run figure. `--server ADDR` targets a running broker
-//! instead; nothing is started or sampled then.
+//! binary next to this executable, or `--broker-bin`) with its admin API on another free port
+//! (`--admin`), a fresh temporary `--data-dir` and, when asked, a queue-group `--routing`
+//! policy; waits until the port accepts, and stops it by PID afterwards (SIGTERM, then SIGKILL
+//! after [`STOP_GRACE`]). A fresh process per run makes its peak RSS (`VmHWM`) a per-run
+//! figure. `--server ADDR` targets a running broker instead (and `--admin ADDR` its admin API);
+//! nothing is started or sampled then.
 //!
 //! Sampling reads `/proc/PID/stat` (utime + stime, in clock ticks) and `/proc/PID/status`
 //! (`VmHWM`, `VmRSS`), the same sources the NATS and Zenoh peer references used, plus this
@@ -25,6 +27,26 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many free ports are tried when a started broker exits at once (port taken meanwhile).
 const START_ATTEMPTS: u32 = 3;
 
+/// Queue-group routing policy of a started broker (`agentwire serve --routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// Power of two choices on the members' load (the broker's default).
+    Load,
+    /// Each member in turn.
+    RoundRobin,
+}
+
+impl Routing {
+    /// The value of `agentwire serve --routing`.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Routing::Load => "load",
+            Routing::RoundRobin => "round-robin",
+        }
+    }
+}
+
 /// Which broker the runs talk to.
 #[derive(Debug, Clone)]
 pub enum BrokerTarget {
@@ -34,24 +56,43 @@ pub enum BrokerTarget {
         bin: PathBuf,
         /// `--shards N`, or the broker's default (one per core).
         shards: Option<usize>,
+        /// `--routing`, or the broker's default (`load`).
+        routing: Option<Routing>,
     },
-    /// A broker that is already running at this address: no CPU or RSS figures.
-    External(String),
+    /// A broker that is already running: no CPU or RSS figures, its routing as it is.
+    External {
+        /// Client address.
+        addr: String,
+        /// Its admin API (`host:port`), if given (`--admin`).
+        admin: Option<String>,
+    },
 }
 
 impl BrokerTarget {
-    /// Resolves the target from the common flags: `--server` wins; otherwise `--broker-bin`,
-    /// or `agentwire` next to this executable.
+    /// Resolves the target from the common flags: `--server` (with `--admin`) wins; otherwise
+    /// `--broker-bin`, or `agentwire` next to this executable, with `--shards` and `--routing`.
     ///
     /// # Errors
-    /// When no broker binary is found (with the command that builds it).
+    /// When no broker binary is found (with the command that builds it), or `--routing` is
+    /// given with `--server` (a running broker's policy cannot be changed from here).
     pub fn resolve(
         server: Option<&str>,
+        admin: Option<&str>,
         broker_bin: Option<&Path>,
         shards: Option<usize>,
+        routing: Option<Routing>,
     ) -> Result<BrokerTarget> {
         if let Some(addr) = server {
-            return Ok(BrokerTarget::External(addr.to_owned()));
+            if routing.is_some() {
+                bail!("--routing applies to a broker this harness starts, not to --server");
+            }
+            return Ok(BrokerTarget::External {
+                addr: addr.to_owned(),
+                admin: admin.map(str::to_owned),
+            });
+        }
+        if admin.is_some() {
+            bail!("--admin names the admin API of a --server broker (a started broker gets a free port)");
         }
         let bin = match broker_bin {
             Some(p) => p.to_path_buf(),
@@ -70,18 +111,52 @@ impl BrokerTarget {
                 bin.display()
             );
         }
-        Ok(BrokerTarget::Spawn { bin, shards })
+        Ok(BrokerTarget::Spawn {
+            bin,
+            shards,
+            routing,
+        })
+    }
+
+    /// The same started broker with another routing policy; `None` for a running broker
+    /// (its policy is what it is).
+    pub fn with_routing(&self, r: Routing) -> Option<BrokerTarget> {
+        match self {
+            BrokerTarget::Spawn { bin, shards, .. } => Some(BrokerTarget::Spawn {
+                bin: bin.clone(),
+                shards: *shards,
+                routing: Some(r),
+            }),
+            BrokerTarget::External { .. } => None,
+        }
+    }
+
+    /// The `--routing` a started broker gets (`None`: the broker's default, or not started
+    /// here).
+    pub fn routing(&self) -> Option<Routing> {
+        match self {
+            BrokerTarget::Spawn { routing, .. } => *routing,
+            BrokerTarget::External { .. } => None,
+        }
     }
 
     /// A one-line description for report headers.
     pub fn describe(&self) -> String {
         match self {
-            BrokerTarget::Spawn { bin, shards } => format!(
-                "fresh `{} serve` per run, shards {}",
+            BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+            } => format!(
+                "fresh `{} serve` per run, shards {}, routing {}",
                 bin.display(),
-                shards.map_or_else(|| "default (one per core)".to_owned(), |s| s.to_string())
+                shards.map_or_else(|| "default (one per core)".to_owned(), |s| s.to_string()),
+                routing.map_or("default (load)", Routing::as_arg)
             ),
-            BrokerTarget::External(addr) => format!("running broker at {addr} (no CPU/RSS)"),
+            BrokerTarget::External { addr, admin } => format!(
+                "running broker at {addr}, admin API {} (no CPU/RSS)",
+                admin.as_deref().unwrap_or("not given")
+            ),
         }
     }
 
@@ -91,17 +166,23 @@ impl BrokerTarget {
     /// When the process cannot be started or does not accept connections in time.
     pub fn start(&self) -> Result<Broker> {
         match self {
-            BrokerTarget::External(addr) => Ok(Broker {
+            BrokerTarget::External { addr, admin } => Ok(Broker {
                 addr: addr.clone(),
+                admin: admin.clone(),
                 process: None,
             }),
-            BrokerTarget::Spawn { bin, shards } => {
+            BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+            } => {
                 let mut last_err = None;
                 for _ in 0..START_ATTEMPTS {
-                    match BrokerProcess::start(bin, *shards) {
+                    match BrokerProcess::start(bin, *shards, *routing) {
                         Ok(p) => {
                             return Ok(Broker {
                                 addr: p.addr.to_string(),
+                                admin: p.admin_addr.map(|a| a.to_string()),
                                 process: Some(p),
                             })
                         }
@@ -118,6 +199,7 @@ impl BrokerTarget {
 #[derive(Debug)]
 pub struct Broker {
     addr: String,
+    admin: Option<String>,
     process: Option<BrokerProcess>,
 }
 
@@ -125,6 +207,11 @@ impl Broker {
     /// The address clients connect to.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The admin API's address (`host:port`), when known.
+    pub fn admin(&self) -> Option<&str> {
+        self.admin.as_deref()
     }
 
     /// The process, when this run started one.
@@ -164,7 +251,7 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts.
-    fn start(bin: &Path, shards: Option<usize>) -> Result<BrokerProcess> {
+    fn start(bin: &Path, shards: Option<usize>, routing: Option<Routing>) -> Result<BrokerProcess> {
         let addr = free_port()?;
         let admin = free_port()?;
         let data_dir = std::env::temp_dir().join(format!(
@@ -179,8 +266,8 @@ impl BrokerProcess {
         if let Some(s) = shards {
             cmd.arg("--shards").arg(s.to_string());
         }
-        if let Ok(r) = std::env::var("AGENTWIRE_BENCH_ROUTING") {
-            cmd.arg("--routing").arg(r);
+        if let Some(r) = routing {
+            cmd.arg("--routing").arg(r.as_arg());
         }
         // Per-connection info logs would cost the broker time in the conns scenario.
         cmd.env("RUST_LOG", "warn");
@@ -517,6 +604,33 @@ mod tests {
         assert_eq!(parse_status_kib(s, "VmHWM:"), Some(13600));
         assert_eq!(parse_status_kib(s, "VmRSS:"), Some(9000));
         assert_eq!(parse_status_kib(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn routing_and_admin_go_with_the_right_target() {
+        let routing = Some(Routing::RoundRobin);
+        assert!(BrokerTarget::resolve(Some("127.0.0.1:4800"), None, None, None, routing).is_err());
+        assert!(BrokerTarget::resolve(None, Some("127.0.0.1:8480"), None, None, None).is_err());
+        let ext = BrokerTarget::resolve(
+            Some("127.0.0.1:4800"),
+            Some("127.0.0.1:8480"),
+            None,
+            None,
+            None,
+        )
+        .expect("a running broker with its admin API");
+        assert!(ext.with_routing(Routing::Load).is_none());
+        assert_eq!(ext.routing(), None);
+        let spawn = BrokerTarget::Spawn {
+            bin: PathBuf::from("agentwire"),
+            shards: Some(2),
+            routing: None,
+        };
+        let rr = spawn
+            .with_routing(Routing::RoundRobin)
+            .expect("a started broker takes --routing");
+        assert_eq!(rr.routing().map(Routing::as_arg), Some("round-robin"));
+        assert!(rr.describe().contains("routing round-robin"));
     }
 
     #[test]

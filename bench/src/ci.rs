@@ -31,6 +31,7 @@ pub fn floor_cases() -> Vec<Case> {
                 msgs: 1_000_000,
             }),
             targets: vec![Target::at_least(Figure::DeliveredPerSec, 100_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "ci-rate-100k-128",
@@ -42,6 +43,7 @@ pub fn floor_cases() -> Vec<Case> {
                 batch_us: 100,
             }),
             targets: vec![Target::below(Figure::LatencyP99, 100_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "ci-conns-1000",
@@ -53,6 +55,7 @@ pub fn floor_cases() -> Vec<Case> {
             // "Held" = every connection connected and answered every ping: the "runs complete"
             // row checks it.
             targets: vec![],
+            vs_round_robin: false,
         },
     ]
 }

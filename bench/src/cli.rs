@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::broker_proc::{self, BrokerTarget};
+use crate::broker_proc::{self, BrokerTarget, Routing};
 use crate::report::RunReport;
+use crate::scenarios::apistatus::ApiStatusParams;
 use crate::scenarios::conns::ConnsParams;
 use crate::scenarios::pubsub::PubSubParams;
 use crate::scenarios::rate::RateParams;
+use crate::scenarios::registry::RegistryParams;
 use crate::scenarios::reqrep::ReqRepParams;
 use crate::scenarios::{self, RunOptions, Spec};
 use crate::suite::{self, Output, SuiteArgs};
@@ -39,6 +41,14 @@ struct Common {
     /// Target a running broker at ADDR instead of starting one per run (no CPU/RSS figures).
     #[arg(long, global = true, value_name = "ADDR")]
     server: Option<String>,
+    /// With --server: the running broker's admin API (HTTP, e.g. 127.0.0.1:8480), which the
+    /// registry and apistatus scenarios call. A started broker gets its own on a free port.
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Queue-group routing of the started broker (`agentwire serve --routing`) [default: the
+    /// broker's, load]. Not with --server: a running broker cannot be reconfigured.
+    #[arg(long, global = true, value_enum)]
+    routing: Option<Routing>,
     /// The `agentwire` binary to start [default: next to this executable].
     #[arg(long, global = true, value_name = "PATH")]
     broker_bin: Option<PathBuf>,
@@ -69,6 +79,10 @@ enum Command {
     Rate(RateParams),
     /// N connections pinging once a second: broker RSS per connection, ping latency.
     Conns(ConnsParams),
+    /// N registered instances, M config changes over HTTP: delay until each instance sees each.
+    Registry(RegistryParams),
+    /// GET /api/v1/system/status latency while a pubsub 1→1 load runs.
+    Apistatus(ApiStatusParams),
     /// The standard set of cases with targets, repetitions interleaved.
     Suite(SuiteArgs),
     /// The suite's throughput and request/reply cases on agentwire, nats-server and Zenoh,
@@ -87,14 +101,29 @@ pub fn main() -> ExitCode {
         eprintln!("agentwire-bench: --stall-timeout and --run-timeout must be positive seconds");
         return ExitCode::from(EXIT_USAGE);
     }
-    if let Some(addr) = &c.server {
-        if !is_loopback(addr) {
-            eprintln!("agentwire-bench: --server must be a loopback address (127.0.0.0/8, localhost or [::1]), got {addr}");
-            return ExitCode::from(EXIT_USAGE);
+    for (flag, addr) in [("--server", &c.server), ("--admin", &c.admin)] {
+        if let Some(addr) = addr {
+            if !is_loopback(addr) {
+                eprintln!("agentwire-bench: {flag} must be a loopback address (127.0.0.0/8, localhost or [::1]), got {addr}");
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     }
-    let target = match BrokerTarget::resolve(c.server.as_deref(), c.broker_bin.as_deref(), c.shards)
-    {
+    if c.server.is_some() && c.routing.is_some() {
+        eprintln!("agentwire-bench: --routing sets the policy of a broker this harness starts; a --server broker keeps its own (restart it with `agentwire serve --routing ...`)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if c.server.is_none() && c.admin.is_some() {
+        eprintln!("agentwire-bench: --admin goes with --server (a started broker's admin API is on a free port of its own)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let target = match BrokerTarget::resolve(
+        c.server.as_deref(),
+        c.admin.as_deref(),
+        c.broker_bin.as_deref(),
+        c.shards,
+        c.routing,
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("agentwire-bench: {e:#}");
@@ -132,6 +161,8 @@ pub fn main() -> ExitCode {
             Command::Reqrep(p) => single(Spec::ReqRep(p), &target, opts, out).await,
             Command::Rate(p) => single(Spec::Rate(p), &target, opts, out).await,
             Command::Conns(p) => single(Spec::Conns(p), &target, opts, out).await,
+            Command::Registry(p) => single(Spec::Registry(p), &target, opts, out).await,
+            Command::Apistatus(p) => single(Spec::ApiStatus(p), &target, opts, out).await,
             Command::Suite(a) => run_suite(&a, &target, &opts, out).await,
             Command::Compare(a) => run_compare(&a, &target, &opts, out).await,
             Command::Ci => ci::run(&target, &opts, out).await,
@@ -256,5 +287,41 @@ mod tests {
             Command::Pubsub(p) => assert!(p.queue && p.pubs == 4),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn routing_and_admin_flags() {
+        let cli = Cli::try_parse_from([
+            "agentwire-bench",
+            "reqrep",
+            "--repliers",
+            "4",
+            "--slow-replier-ms",
+            "5",
+            "--routing",
+            "round-robin",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.common.routing, Some(Routing::RoundRobin));
+        match cli.command {
+            Command::Reqrep(p) => assert_eq!((p.repliers, p.slow_replier_ms), (4, 5)),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "agentwire-bench",
+            "--server",
+            "127.0.0.1:4800",
+            "--admin",
+            "127.0.0.1:8480",
+            "registry",
+            "--instances",
+            "10",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.common.admin.as_deref(), Some("127.0.0.1:8480"));
+        assert!(
+            matches!(cli.command, Command::Registry(p) if p.instances == 10 && p.changes == 20)
+        );
+        assert!(Cli::try_parse_from(["agentwire-bench", "--routing", "random", "ci"]).is_err());
     }
 }

@@ -93,9 +93,11 @@ impl System {
     pub fn supports(self, spec: &Spec) -> bool {
         match (self, spec) {
             (System::Agentwire, _) => true,
-            (System::Nats, Spec::PubSub(_) | Spec::ReqRep(_)) => true,
+            (System::Nats, Spec::PubSub(_)) => true,
+            // The peer harnesses have no slow replier.
+            (System::Nats, Spec::ReqRep(p)) => p.slow_replier_ms == 0,
             (System::Zenoh, Spec::PubSub(p)) => p.subs > 0 && !p.queue,
-            (System::Zenoh, Spec::ReqRep(p)) => p.repliers == 1,
+            (System::Zenoh, Spec::ReqRep(p)) => p.repliers == 1 && p.slow_replier_ms == 0,
             _ => false,
         }
     }
@@ -145,7 +147,7 @@ pub fn figures(spec: &Spec) -> Vec<Figure> {
         Spec::PubSub(p) if p.subs == 0 => vec![PublishedPerSec, BrokerCpuPerMMsgs],
         Spec::PubSub(_) => vec![DeliveredPerSec, BrokerCpuPerMMsgs, BrokerPeakRssMib],
         Spec::ReqRep(_) => vec![RequestsPerSec, LatencyP50, LatencyP99],
-        Spec::Rate(_) | Spec::Conns(_) => Vec::new(),
+        Spec::Rate(_) | Spec::Conns(_) | Spec::Registry(_) | Spec::ApiStatus(_) => Vec::new(),
     }
 }
 
@@ -667,7 +669,9 @@ fn nats_args(spec: &Spec) -> Result<Vec<String>> {
             "-warmup".to_owned(),
             p.warmup.to_string(),
         ],
-        Spec::Rate(_) | Spec::Conns(_) => bail!("natsbench has no {} scenario", spec.scenario()),
+        Spec::Rate(_) | Spec::Conns(_) | Spec::Registry(_) | Spec::ApiStatus(_) => {
+            bail!("natsbench has no {} scenario", spec.scenario())
+        }
     })
 }
 
@@ -696,7 +700,9 @@ fn zenoh_args(spec: &Spec) -> Result<Vec<String>> {
             "--warmup".to_owned(),
             p.warmup.to_string(),
         ],
-        Spec::Rate(_) | Spec::Conns(_) => bail!("zenohbench has no {} scenario", spec.scenario()),
+        Spec::Rate(_) | Spec::Conns(_) | Spec::Registry(_) | Spec::ApiStatus(_) => {
+            bail!("zenohbench has no {} scenario", spec.scenario())
+        }
     })
 }
 
@@ -714,6 +720,7 @@ fn latency_of(v: &Value, count: u64) -> Option<LatencySummary> {
     Some(LatencySummary {
         p50: f64_of(v, "lat_p50_us")?,
         p90: f64_of(v, "lat_p90_us").unwrap_or(0.0),
+        p95: f64_of(v, "lat_p95_us").unwrap_or(0.0),
         p99: f64_of(v, "lat_p99_us")?,
         p999: f64_of(v, "lat_p999_us").unwrap_or(0.0),
         max: f64_of(v, "lat_max_us").unwrap_or(0.0),
@@ -748,7 +755,7 @@ fn fill_from_nats(r: &mut RunReport, spec: &Spec, v: &Value) {
             r.msgs_in = 2 * n;
             r.msgs_out = 2 * n;
         }
-        Spec::Rate(_) | Spec::Conns(_) => {}
+        Spec::Rate(_) | Spec::Conns(_) | Spec::Registry(_) | Spec::ApiStatus(_) => {}
     }
     if let Some(e) = v
         .get("error")
@@ -797,7 +804,7 @@ fn fill_from_zenoh(r: &mut RunReport, spec: &Spec, v: &Value) {
                 ));
             }
         }
-        Spec::Rate(_) | Spec::Conns(_) => {}
+        Spec::Rate(_) | Spec::Conns(_) | Spec::Registry(_) | Spec::ApiStatus(_) => {}
     }
     if let Some(e) = v
         .get("error")
@@ -896,6 +903,7 @@ mod tests {
             requests: 100,
             repliers: 1,
             warmup: 10,
+            slow_replier_ms: 0,
         });
         let v: Value = serde_json::from_str(
             r#"{"req_per_sec":4000.0,"lat_p50_us":240.0,"lat_p90_us":300.0,"lat_p99_us":1310.0,

@@ -64,6 +64,7 @@ impl Latencies {
         Some(LatencySummary {
             p50: us(self.0.value_at_quantile(0.50)),
             p90: us(self.0.value_at_quantile(0.90)),
+            p95: us(self.0.value_at_quantile(0.95)),
             p99: us(self.0.value_at_quantile(0.99)),
             p999: us(self.0.value_at_quantile(0.999)),
             max: us(self.0.max()),
@@ -80,6 +81,8 @@ pub struct LatencySummary {
     pub p50: f64,
     /// 90th percentile.
     pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
     /// 99.9th percentile.

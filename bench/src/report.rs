@@ -20,7 +20,7 @@ use crate::latency::LatencySummary;
 /// Everything measured in one run. Fields that do not apply to a scenario are `null` in JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
-    /// `pubsub`, `reqrep`, `rate` or `conns`.
+    /// `pubsub`, `reqrep`, `rate`, `conns`, `registry` or `apistatus`.
     pub scenario: &'static str,
     /// The suite case this run belongs to, if any.
     pub case: Option<String>,
@@ -84,6 +84,66 @@ pub struct RunReport {
     /// Which broker shard each client connection landed on, e.g. `pub [1] sub [0] of 2`
     /// (same-shard and cross-shard routes cost differently).
     pub placement: Option<String>,
+    /// The `--routing` the started broker got (`load`, `round-robin`); `null` when the broker
+    /// ran with its default (`load`) or was not started here.
+    pub routing: Option<&'static str>,
+
+    /// The registry scenario's figures.
+    pub registry: Option<RegistryFigures>,
+    /// The apistatus scenario's figures.
+    pub api: Option<ApiFigures>,
+    /// reqrep under `load` routing against the same case under `round-robin` (the suite's
+    /// paired cases): set on the `load` run.
+    pub vs_round_robin: Option<RoutingComparison>,
+}
+
+/// Figures of the `registry` scenario (its delays are `latency_us`; the (instance, change)
+/// pairs are `expected`, `delivered`, `lost`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RegistryFigures {
+    /// Instances asked for.
+    pub instances: u64,
+    /// Instances that connected and registered.
+    pub registered: u64,
+    /// Config changes asked for.
+    pub changes: u64,
+    /// Config changes the API accepted.
+    pub changes_applied: u64,
+    /// Seconds from the first connection attempt until every instance was registered.
+    pub register_s: f64,
+    /// Round trip of each config `PUT` (sent → response read).
+    pub put_latency_us: Option<LatencySummary>,
+}
+
+/// Figures of the `apistatus` scenario (status latency is `latency_us`, the data plane's rate
+/// over the same window `delivered_per_sec`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ApiFigures {
+    /// Status requests asked for.
+    pub requests: u64,
+    /// Requests answered 200 with a JSON object.
+    pub answered: u64,
+    /// Requests that failed (error, other status, not JSON, or not sent before the deadline).
+    pub failed: u64,
+    /// Seconds from the first status request sent to the last answer.
+    pub window_s: f64,
+    /// Deliveries of the pubsub load within that window.
+    pub delivered_in_window: u64,
+    /// The pubsub load's own `delivered_per_sec` (first publish → last delivery).
+    pub load_delivered_per_sec: Option<f64>,
+}
+
+/// A `load`-routed run against the same case run under `round-robin`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RoutingComparison {
+    /// p99 of the round-robin run, µs.
+    pub rr_p99_us: f64,
+    /// Requests per second of the round-robin run.
+    pub rr_requests_per_sec: f64,
+    /// p99 round-robin ÷ p99 load: how many times lower the load-aware tail is.
+    pub p99_ratio: f64,
+    /// Requests per second load ÷ round-robin: at least 1 means no throughput was lost.
+    pub requests_per_sec_ratio: f64,
 }
 
 /// Figures of the `conns` scenario.
@@ -192,6 +252,30 @@ impl RunReport {
                 parts.push(format!("broker RSS {}", fmt_kib(r)));
             }
         }
+        if let Some(g) = &self.registry {
+            parts.push(format!(
+                "{}/{} registered in {:.1} s",
+                fmt_int(g.registered),
+                fmt_int(g.instances),
+                g.register_s
+            ));
+        }
+        if let Some(a) = &self.api {
+            parts.push(format!(
+                "{}/{} status answered",
+                fmt_int(a.answered),
+                fmt_int(a.requests)
+            ));
+        }
+        if let Some(v) = &self.vs_round_robin {
+            parts.push(format!(
+                "round-robin p99 {} µs, {} req/s: p99 ×{:.1} lower, req/s ×{:.2}",
+                fmt_us(v.rr_p99_us),
+                fmt_rate(v.rr_requests_per_sec),
+                v.p99_ratio,
+                v.requests_per_sec_ratio
+            ));
+        }
         if self.expected > 0 || self.lost > 0 {
             parts.push(format!("lost {}", fmt_int(self.lost)));
         }
@@ -247,13 +331,82 @@ impl RunReport {
             line(
                 "latency µs",
                 format!(
-                    "p50 {} p90 {} p99 {} p99.9 {} max {} (n {})",
+                    "p50 {} p90 {} p95 {} p99 {} p99.9 {} max {} (n {})",
                     fmt_us(l.p50),
                     fmt_us(l.p90),
+                    fmt_us(l.p95),
                     fmt_us(l.p99),
                     fmt_us(l.p999),
                     fmt_us(l.max),
                     fmt_int(l.count)
+                ),
+            );
+        }
+        if let Some(g) = &self.registry {
+            line(
+                "instances",
+                format!(
+                    "{} registered of {} in {:.2} s",
+                    fmt_int(g.registered),
+                    fmt_int(g.instances),
+                    g.register_s
+                ),
+            );
+            line(
+                "config changes",
+                format!(
+                    "{} applied of {}",
+                    fmt_int(g.changes_applied),
+                    fmt_int(g.changes)
+                ),
+            );
+            if let Some(l) = &g.put_latency_us {
+                line(
+                    "config PUT µs",
+                    format!(
+                        "p50 {} p99 {} max {}",
+                        fmt_us(l.p50),
+                        fmt_us(l.p99),
+                        fmt_us(l.max)
+                    ),
+                );
+            }
+        }
+        if let Some(a) = &self.api {
+            line(
+                "status requests",
+                format!(
+                    "{} answered, {} failed of {} in {:.3} s",
+                    fmt_int(a.answered),
+                    fmt_int(a.failed),
+                    fmt_int(a.requests),
+                    a.window_s
+                ),
+            );
+            line(
+                "load in that window",
+                format!(
+                    "{} deliveries (whole load run: {} delivered/s)",
+                    fmt_int(a.delivered_in_window),
+                    a.load_delivered_per_sec
+                        .map_or_else(|| "—".to_owned(), |r| fmt_int(r.round() as u64))
+                ),
+            );
+        }
+        if let Some(v) = &self.vs_round_robin {
+            line(
+                "round-robin run",
+                format!(
+                    "p99 {} µs, {} req/s",
+                    fmt_us(v.rr_p99_us),
+                    fmt_int(v.rr_requests_per_sec.round() as u64)
+                ),
+            );
+            line(
+                "round-robin ÷ load",
+                format!(
+                    "p99 ×{:.2}; req/s load ÷ round-robin ×{:.3}",
+                    v.p99_ratio, v.requests_per_sec_ratio
                 ),
             );
         }
@@ -314,6 +467,9 @@ impl RunReport {
         }
         if let Some(p) = &self.placement {
             line("shards", p.clone());
+        }
+        if let Some(r) = self.routing {
+            line("broker --routing", r.to_owned());
         }
         if let (Some(i), Some(s)) = (self.host_idle_pct, self.host_steal_pct) {
             line("host idle / steal", format!("{i:.1}% / {s:.2}%"));

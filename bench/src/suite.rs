@@ -6,16 +6,24 @@
 //! machinery with its floors, and a cross-system comparison can map the same list onto other
 //! brokers. Message counts follow the NATS reference (`../shared/peers/RESULTS.md`); `--scale`
 //! divides them, `--quick` makes a short smoke run.
+//!
+//! A case with [`Case::vs_round_robin`] runs its spec twice per repetition, on a broker started
+//! with `--routing round-robin` and on one with `--routing load` (the order alternating between
+//! repetitions); the `load` run carries the comparison ([`RoutingComparison`]: p99 round-robin ÷
+//! p99 load, req/s load ÷ round-robin, from the same repetition), so its targets can be set on
+//! those ratios like on any other figure.
 
 use std::io::Write;
 
 use serde::Serialize;
 
-use crate::broker_proc::BrokerTarget;
-use crate::report::{fmt_int, fmt_us, RunReport};
+use crate::broker_proc::{BrokerTarget, Routing};
+use crate::report::{fmt_int, fmt_us, RoutingComparison, RunReport};
+use crate::scenarios::apistatus::ApiStatusParams;
 use crate::scenarios::conns::ConnsParams;
 use crate::scenarios::pubsub::PubSubParams;
 use crate::scenarios::rate::RateParams;
+use crate::scenarios::registry::RegistryParams;
 use crate::scenarios::reqrep::ReqRepParams;
 use crate::scenarios::{self, RunOptions, Spec};
 
@@ -30,6 +38,8 @@ pub enum Figure {
     RequestsPerSec,
     /// Median latency, µs.
     LatencyP50,
+    /// 95th percentile latency, µs.
+    LatencyP95,
     /// 99th percentile latency, µs.
     LatencyP99,
     /// 99.9th percentile latency, µs.
@@ -44,6 +54,16 @@ pub enum Figure {
     BrokerRssPerConnKib,
     /// Offered load the open-loop publisher achieved, messages per second (rate).
     AchievedRate,
+    /// Seconds to connect and register every instance (registry).
+    RegisterSeconds,
+    /// p99 of the paired round-robin run, µs.
+    RoundRobinP99,
+    /// Requests per second of the paired round-robin run.
+    RoundRobinRequestsPerSec,
+    /// p99 round-robin ÷ p99 load, same repetition.
+    P99RatioVsRoundRobin,
+    /// Requests per second load ÷ round-robin, same repetition.
+    RequestsPerSecRatioVsRoundRobin,
 }
 
 impl Figure {
@@ -54,6 +74,7 @@ impl Figure {
             Figure::DeliveredPerSec => r.delivered_per_sec,
             Figure::RequestsPerSec => r.requests_per_sec,
             Figure::LatencyP50 => r.latency_us.map(|l| l.p50),
+            Figure::LatencyP95 => r.latency_us.map(|l| l.p95),
             Figure::LatencyP99 => r.latency_us.map(|l| l.p99),
             Figure::LatencyP999 => r.latency_us.map(|l| l.p999),
             Figure::BrokerCpuPerMMsgs => r.broker_cpu_s_per_m_msgs,
@@ -64,6 +85,13 @@ impl Figure {
                 .map(|k| k as f64 / 1024.0),
             Figure::BrokerRssPerConnKib => r.conns.and_then(|c| c.broker_rss_per_conn_kib),
             Figure::AchievedRate => r.achieved_rate,
+            Figure::RegisterSeconds => r.registry.map(|g| g.register_s),
+            Figure::RoundRobinP99 => r.vs_round_robin.map(|v| v.rr_p99_us),
+            Figure::RoundRobinRequestsPerSec => r.vs_round_robin.map(|v| v.rr_requests_per_sec),
+            Figure::P99RatioVsRoundRobin => r.vs_round_robin.map(|v| v.p99_ratio),
+            Figure::RequestsPerSecRatioVsRoundRobin => {
+                r.vs_round_robin.map(|v| v.requests_per_sec_ratio)
+            }
         }
     }
 
@@ -74,6 +102,7 @@ impl Figure {
             Figure::DeliveredPerSec => "delivered msg/s",
             Figure::RequestsPerSec => "requests/s",
             Figure::LatencyP50 => "p50 µs",
+            Figure::LatencyP95 => "p95 µs",
             Figure::LatencyP99 => "p99 µs",
             Figure::LatencyP999 => "p99.9 µs",
             Figure::BrokerCpuPerMMsgs => "broker CPU s/M msgs in+out",
@@ -81,6 +110,11 @@ impl Figure {
             Figure::BrokerConnsRssMib => "broker RSS MiB (all open)",
             Figure::BrokerRssPerConnKib => "broker RSS KiB per conn",
             Figure::AchievedRate => "achieved msg/s",
+            Figure::RegisterSeconds => "s to register all",
+            Figure::RoundRobinP99 => "round-robin p99 µs",
+            Figure::RoundRobinRequestsPerSec => "round-robin requests/s",
+            Figure::P99RatioVsRoundRobin => "p99 round-robin ÷ load",
+            Figure::RequestsPerSecRatioVsRoundRobin => "req/s load ÷ round-robin",
         }
     }
 
@@ -90,8 +124,17 @@ impl Figure {
             Figure::PublishedPerSec
             | Figure::DeliveredPerSec
             | Figure::RequestsPerSec
-            | Figure::AchievedRate => fmt_int(v.round() as u64),
-            Figure::LatencyP50 | Figure::LatencyP99 | Figure::LatencyP999 => fmt_us(v),
+            | Figure::AchievedRate
+            | Figure::RoundRobinRequestsPerSec => fmt_int(v.round() as u64),
+            Figure::LatencyP50
+            | Figure::LatencyP95
+            | Figure::LatencyP99
+            | Figure::LatencyP999
+            | Figure::RoundRobinP99 => fmt_us(v),
+            Figure::P99RatioVsRoundRobin | Figure::RequestsPerSecRatioVsRoundRobin => {
+                format!("{v:.2}")
+            }
+            Figure::RegisterSeconds => format!("{v:.2}"),
             Figure::BrokerCpuPerMMsgs => format!("{v:.3}"),
             Figure::BrokerPeakRssMib | Figure::BrokerConnsRssMib | Figure::BrokerRssPerConnKib => {
                 format!("{v:.1}")
@@ -176,6 +219,9 @@ pub struct Case {
     pub spec: Spec,
     /// What it must reach.
     pub targets: Vec<Target>,
+    /// Run the spec under `--routing round-robin` and under `--routing load` each repetition,
+    /// and attach the comparison to the `load` run (needs a started broker, not `--server`).
+    pub vs_round_robin: bool,
 }
 
 impl Case {
@@ -185,9 +231,17 @@ impl Case {
         let mut f = match &self.spec {
             Spec::PubSub(p) if p.subs == 0 => vec![PublishedPerSec, BrokerCpuPerMMsgs],
             Spec::PubSub(_) => vec![DeliveredPerSec, BrokerCpuPerMMsgs, BrokerPeakRssMib],
+            Spec::ReqRep(_) if self.vs_round_robin => vec![
+                RequestsPerSec,
+                LatencyP99,
+                RoundRobinRequestsPerSec,
+                RoundRobinP99,
+            ],
             Spec::ReqRep(_) => vec![RequestsPerSec, LatencyP50, LatencyP99, LatencyP999],
             Spec::Rate(_) => vec![AchievedRate, LatencyP50, LatencyP99, LatencyP999],
             Spec::Conns(_) => vec![BrokerConnsRssMib, BrokerRssPerConnKib, LatencyP99],
+            Spec::Registry(_) => vec![RegisterSeconds, LatencyP50, LatencyP99, LatencyP999],
+            Spec::ApiStatus(_) => vec![LatencyP50, LatencyP95, LatencyP99, DeliveredPerSec],
         };
         for t in &self.targets {
             if !f.contains(&t.figure) {
@@ -224,7 +278,7 @@ pub struct SuiteArgs {
     pub only: Vec<String>,
 }
 
-/// The standard cases: the rows of the targets table in issue 6.
+/// The standard cases: the rows of the targets table in issue 6, then the admin plane's.
 pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
     let scale = if a.quick && a.scale == 1 {
         10
@@ -235,6 +289,7 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
     let conns = a.conns.unwrap_or(if a.quick { 1000 } else { 10_000 });
     let conns_duration = a.conns_duration.unwrap_or(if a.quick { 5.0 } else { 30.0 });
     let rate_duration = a.rate_duration.unwrap_or(if a.quick { 3.0 } else { 10.0 });
+    let (registry_instances, registry_changes) = if a.quick { (200, 5) } else { (1000, 20) };
     let pubsub = |pubs, subs, queue, size, msgs| {
         Spec::PubSub(PubSubParams {
             pubs,
@@ -251,6 +306,7 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
             requests: n(requests),
             repliers: 1,
             warmup: 2000,
+            slow_replier_ms: 0,
         })
     };
     use Figure::*;
@@ -264,36 +320,42 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
                 Target::at_most(BrokerCpuPerMMsgs, 0.125),
                 Target::at_most(BrokerPeakRssMib, 16.0),
             ],
+            vs_round_robin: false,
         },
         Case {
             name: "pubsub-1to1-16",
             title: "pubsub 1→1, 16 B".to_owned(),
             spec: pubsub(1, 1, false, 16, 3_000_000),
             targets: vec![Target::at_least(DeliveredPerSec, 4_000_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "pubsub-pubonly-16",
             title: "pubsub pub-only, 16 B".to_owned(),
             spec: pubsub(1, 0, false, 16, 5_000_000),
             targets: vec![Target::at_least(PublishedPerSec, 8_000_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "pubsub-1to4-128",
             title: "pubsub 1→4 fan-out, 128 B".to_owned(),
             spec: pubsub(1, 4, false, 128, 2_000_000),
             targets: vec![Target::at_least(DeliveredPerSec, 4_500_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "pubsub-4to4-queue-128",
             title: "pubsub 4→4 queue group, 128 B".to_owned(),
             spec: pubsub(4, 4, true, 128, 4_000_000),
             targets: vec![Target::at_least(DeliveredPerSec, 2_600_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "pubsub-1to1-1k",
             title: "pubsub 1→1, 1 KiB".to_owned(),
             spec: pubsub(1, 1, false, 1024, 2_000_000),
             targets: vec![Target::at_least(DeliveredPerSec, 1_300_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "reqrep-c1-128",
@@ -303,12 +365,14 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
                 Target::at_most(LatencyP50, 60.0),
                 Target::at_most(LatencyP99, 150.0),
             ],
+            vs_round_robin: false,
         },
         Case {
             name: "reqrep-c32-128",
             title: "reqrep c=32, 128 B".to_owned(),
             spec: reqrep(32, 150_000),
             targets: vec![Target::at_least(RequestsPerSec, 100_000.0)],
+            vs_round_robin: false,
         },
         Case {
             name: "rate-100k-128",
@@ -323,6 +387,7 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
                 Target::at_most(LatencyP99, 1_000.0),
                 Target::at_most(LatencyP999, 5_000.0),
             ],
+            vs_round_robin: false,
         },
         Case {
             name: "conns",
@@ -335,6 +400,54 @@ pub fn standard_cases(a: &SuiteArgs) -> Vec<Case> {
                 Target::at_most(BrokerConnsRssMib, 150.0),
                 Target::at_most(LatencyP99, 10_000.0),
             ],
+            vs_round_robin: false,
+        },
+        // The admin plane: load-aware routing, config push, the admin API under load.
+        Case {
+            name: "reqrep-slow-replier",
+            title: "reqrep c=1, 4 repliers, 1 slow (+5 ms), load vs round-robin".to_owned(),
+            spec: Spec::ReqRep(ReqRepParams {
+                clients: 1,
+                size: 128,
+                requests: n(10_000),
+                repliers: 4,
+                warmup: if a.quick { 500 } else { 2000 },
+                slow_replier_ms: 5,
+            }),
+            targets: vec![
+                Target::at_least(P99RatioVsRoundRobin, 3.0),
+                Target::at_least(RequestsPerSecRatioVsRoundRobin, 0.95),
+            ],
+            vs_round_robin: true,
+        },
+        Case {
+            name: "registry-1000",
+            title: format!(
+                "registry {} instances, {registry_changes} config changes",
+                fmt_int(registry_instances)
+            ),
+            spec: Spec::Registry(RegistryParams {
+                instances: registry_instances,
+                changes: registry_changes,
+                change_timeout: 10.0,
+            }),
+            targets: vec![Target::at_most(LatencyP99, 100_000.0)],
+            vs_round_robin: false,
+        },
+        Case {
+            name: "apistatus",
+            title: "GET /api/v1/system/status under pubsub 1→1, 128 B".to_owned(),
+            spec: Spec::ApiStatus(ApiStatusParams {
+                requests: (2000 / scale).max(200),
+                load_msgs: 50_000_000,
+                load_size: 128,
+                interval_us: 1000,
+            }),
+            targets: vec![
+                Target::at_most(LatencyP95, 5_000.0),
+                Target::at_least(DeliveredPerSec, 1_000_000.0),
+            ],
+            vs_round_robin: false,
         },
     ]
 }
@@ -384,18 +497,13 @@ pub async fn run_cases(
     let mut results: Vec<Vec<RunReport>> = vec![Vec::new(); cases.len()];
     for rep in 1..=reps.max(1) {
         for (i, case) in cases.iter().enumerate() {
-            let mut o = opts.clone();
-            o.label = format!("[{rep}/{reps}] {}", case.name);
-            let mut r = scenarios::run(&case.spec, target, &o).await;
-            r.case = Some(case.name.to_owned());
-            r.rep = Some(rep);
-            eprintln!("[rep {rep}/{reps}] {:<24} {}", case.name, r.one_line());
-            if out.json {
-                let stdout = std::io::stdout();
-                let mut lock = stdout.lock();
-                let _ = writeln!(lock, "{}", r.to_json());
-                let _ = lock.flush();
-            }
+            let r = if case.vs_round_robin {
+                run_paired(case, rep, reps, target, opts, out).await
+            } else {
+                let r = run_case(case, rep, reps, target, opts, case.name).await;
+                emit(&r, case.name, rep, reps, out);
+                r
+            };
             if let Some(slot) = results.get_mut(i) {
                 slot.push(r);
             }
@@ -409,6 +517,100 @@ pub async fn run_cases(
         println!("{table}");
     }
     rows
+}
+
+/// One run of `case` on `target`, labelled `tag`.
+async fn run_case(
+    case: &Case,
+    rep: u32,
+    reps: u32,
+    target: &BrokerTarget,
+    opts: &RunOptions,
+    tag: &str,
+) -> RunReport {
+    let mut o = opts.clone();
+    o.label = format!("[{rep}/{reps}] {tag}");
+    let mut r = scenarios::run(&case.spec, target, &o).await;
+    r.case = Some(case.name.to_owned());
+    r.rep = Some(rep);
+    r
+}
+
+/// Prints a run's line on stderr and, with `--json`, its JSON object on stdout.
+fn emit(r: &RunReport, tag: &str, rep: u32, reps: u32, out: Output) {
+    eprintln!("[rep {rep}/{reps}] {tag:<24} {}", r.one_line());
+    if out.json {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        let _ = writeln!(lock, "{}", r.to_json());
+        let _ = lock.flush();
+    }
+}
+
+/// Runs `case` under round-robin and under load routing (round-robin first on odd
+/// repetitions, load first on even ones) and returns the `load` run with the comparison
+/// attached; it fails if either run failed. Both runs are printed.
+async fn run_paired(
+    case: &Case,
+    rep: u32,
+    reps: u32,
+    target: &BrokerTarget,
+    opts: &RunOptions,
+    out: Output,
+) -> RunReport {
+    let (Some(rr_target), Some(load_target)) = (
+        target.with_routing(Routing::RoundRobin),
+        target.with_routing(Routing::Load),
+    ) else {
+        let mut r = RunReport::new(case.spec.scenario(), &case.spec);
+        r.case = Some(case.name.to_owned());
+        r.rep = Some(rep);
+        r.error(
+            "this case compares routing policies on brokers it starts (--routing): not with \
+             --server",
+        );
+        r.finish();
+        emit(&r, case.name, rep, reps, out);
+        return r;
+    };
+    let rr_tag = format!("{}/round-robin", case.name);
+    let load_tag = format!("{}/load", case.name);
+    let (rr, mut load) = if rep % 2 == 1 {
+        let rr = run_case(case, rep, reps, &rr_target, opts, &rr_tag).await;
+        emit(&rr, &rr_tag, rep, reps, out);
+        let load = run_case(case, rep, reps, &load_target, opts, &load_tag).await;
+        (rr, load)
+    } else {
+        let load = run_case(case, rep, reps, &load_target, opts, &load_tag).await;
+        let rr = run_case(case, rep, reps, &rr_target, opts, &rr_tag).await;
+        emit(&rr, &rr_tag, rep, reps, out);
+        (rr, load)
+    };
+    load.vs_round_robin = routing_comparison(&load, &rr);
+    if !rr.ok {
+        load.error(format!(
+            "the round-robin run failed: {}",
+            rr.errors.join("; ")
+        ));
+        load.ok = false;
+    }
+    emit(&load, &load_tag, rep, reps, out);
+    load
+}
+
+/// The round-robin run against the load run, when both have latency and throughput.
+pub fn routing_comparison(load: &RunReport, rr: &RunReport) -> Option<RoutingComparison> {
+    let (l, r) = (load.latency_us?, rr.latency_us?);
+    let (lr, rrr) = (load.requests_per_sec?, rr.requests_per_sec?);
+    if l.p99 <= 0.0 || rrr <= 0.0 {
+        return None;
+    }
+    Some(RoutingComparison {
+        rr_p99_us: r.p99,
+        rr_requests_per_sec: rrr,
+        p99_ratio: r.p99 / l.p99,
+        requests_per_sec_ratio: lr / rrr,
+    })
 }
 
 /// Median, min and max of `v` (`None` when empty). The median of an even count is the mean of
@@ -531,7 +733,7 @@ mod tests {
             only: vec![],
         };
         let cases = standard_cases(&a);
-        assert_eq!(cases.len(), 10);
+        assert_eq!(cases.len(), 13);
         for c in &cases {
             c.spec.validate().expect("standard cases are valid");
         }
@@ -541,7 +743,8 @@ mod tests {
             other => panic!("first case is pubsub, got {other:?}"),
         }
         let only = select(quick, &["reqrep".to_owned()]);
-        assert_eq!(only.len(), 2);
+        assert_eq!(only.len(), 3);
+        assert!(only[2].vs_round_robin);
     }
 
     #[test]
@@ -556,6 +759,7 @@ mod tests {
                 batch_us: 100,
             }),
             targets: vec![Target::at_most(Figure::LatencyP99, 1000.0)],
+            vs_round_robin: false,
         }];
         let mut r = RunReport::new("rate", serde_json::json!({}));
         r.error("boom");

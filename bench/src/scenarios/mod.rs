@@ -11,10 +11,15 @@
 //! - [`reqrep`]: C requesters with one request in flight each against R echo repliers.
 //! - [`rate`]: open-loop offered load, latency from each message's intended send time.
 //! - [`conns`]: N idle connections pinging once a second; broker RSS per connection.
+//! - [`registry`]: N registered instances, M config changes over HTTP; delay until each
+//!   instance's config watch sees each change.
+//! - [`apistatus`]: `GET /api/v1/system/status` latency while a pubsub 1→1 load runs.
 
+pub mod apistatus;
 pub mod conns;
 pub mod pubsub;
 pub mod rate;
+pub mod registry;
 pub mod reqrep;
 
 use std::pin::Pin;
@@ -26,7 +31,7 @@ use anyhow::{Context, Result};
 use futures_core::Stream;
 use serde::Serialize;
 
-use crate::broker_proc::{BrokerProcess, BrokerTarget};
+use crate::broker_proc::{BrokerProcess, BrokerTarget, Routing};
 use crate::report::RunReport;
 
 /// A scenario with its parameters.
@@ -41,6 +46,10 @@ pub enum Spec {
     Rate(rate::RateParams),
     /// Many idle connections.
     Conns(conns::ConnsParams),
+    /// Registered instances and live config changes.
+    Registry(registry::RegistryParams),
+    /// Admin API status latency under data-plane load.
+    ApiStatus(apistatus::ApiStatusParams),
 }
 
 impl Spec {
@@ -51,6 +60,8 @@ impl Spec {
             Spec::ReqRep(_) => "reqrep",
             Spec::Rate(_) => "rate",
             Spec::Conns(_) => "conns",
+            Spec::Registry(_) => "registry",
+            Spec::ApiStatus(_) => "apistatus",
         }
     }
 
@@ -64,6 +75,8 @@ impl Spec {
             Spec::ReqRep(p) => p.validate(),
             Spec::Rate(p) => p.validate(),
             Spec::Conns(p) => p.validate(),
+            Spec::Registry(p) => p.validate(),
+            Spec::ApiStatus(p) => p.validate(),
         }
     }
 
@@ -72,7 +85,9 @@ impl Spec {
         match self {
             Spec::Rate(p) => Duration::from_secs_f64(p.duration),
             Spec::Conns(p) => Duration::from_secs_f64(p.duration),
-            Spec::PubSub(_) | Spec::ReqRep(_) => Duration::ZERO,
+            // Each change may wait its whole timeout.
+            Spec::Registry(p) => Duration::from_secs_f64(p.change_timeout) * p.changes,
+            Spec::PubSub(_) | Spec::ReqRep(_) | Spec::ApiStatus(_) => Duration::ZERO,
         }
     }
 }
@@ -93,6 +108,8 @@ pub struct RunOptions {
 pub struct Env<'a> {
     /// Broker address.
     pub addr: &'a str,
+    /// The broker's admin API (`host:port`), when known.
+    pub admin: Option<&'a str>,
     /// The broker process, when this run started one (for CPU and RSS sampling).
     pub process: Option<&'a BrokerProcess>,
     /// See [`RunOptions::stall_timeout`].
@@ -112,6 +129,15 @@ impl Env<'_> {
             .connect(self.addr)
             .await
             .with_context(|| format!("connection {name}"))
+    }
+
+    /// The admin API's address, which the admin-plane scenarios need.
+    ///
+    /// # Errors
+    /// When it is not known (a `--server` broker without `--admin`).
+    pub fn admin(&self) -> Result<&str> {
+        self.admin
+            .context("this scenario needs the broker's admin API: with --server, pass --admin ADDR")
     }
 }
 
@@ -137,6 +163,7 @@ pub async fn run(spec: &Spec, target: &BrokerTarget, opts: &RunOptions) -> RunRe
     let mut report = {
         let env = Env {
             addr: broker.addr(),
+            admin: broker.admin(),
             process: broker.process(),
             stall_timeout: opts.stall_timeout,
             label: &opts.label,
@@ -147,6 +174,8 @@ pub async fn run(spec: &Spec, target: &BrokerTarget, opts: &RunOptions) -> RunRe
                 Spec::ReqRep(p) => reqrep::run(p, &env).await,
                 Spec::Rate(p) => rate::run(p, &env).await,
                 Spec::Conns(p) => conns::run(p, &env).await,
+                Spec::Registry(p) => registry::run(p, &env).await,
+                Spec::ApiStatus(p) => apistatus::run(p, &env).await,
             }
         };
         match tokio::time::timeout(limit, scenario).await {
@@ -158,6 +187,7 @@ pub async fn run(spec: &Spec, target: &BrokerTarget, opts: &RunOptions) -> RunRe
             )),
         }
     };
+    report.routing = target.routing().map(Routing::as_arg);
     if let Some(p) = broker.process() {
         match p.sample() {
             Ok(s) => report.broker_peak_rss_kib = Some(s.hwm_kib),

@@ -15,8 +15,12 @@
 //! duplicate), so loss is counted over distinct messages; for a queue group the members'
 //! bitmaps are merged at the end, which also catches a message given to two members. Clock
 //! reads and counter updates happen once per batch of ready messages, not per message.
+//!
+//! Another scenario can run this one as its background load ([`run_probed`] with a
+//! [`LoadProbe`]): it sees the deliveries as they happen and can stop the publishers early; the
+//! run then expects (and checks) exactly what was published.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,11 +97,46 @@ impl PubSubParams {
     }
 }
 
+/// A window onto a running pubsub load, for a scenario that uses it as background load.
+#[derive(Debug, Default)]
+pub struct LoadProbe {
+    /// Deliveries over all subscribers so far (added once per batch of ready messages).
+    pub delivered: AtomicU64,
+    /// Set it to make the publishers stop before `--msgs` (checked every 1,024 messages).
+    pub stop: AtomicBool,
+    /// Set once every publisher has finished (or the run failed to start).
+    pub publishing_done: AtomicBool,
+}
+
 /// Runs `pubsub`.
 ///
 /// # Errors
 /// When a connection or subscription cannot be set up.
 pub async fn run(p: &PubSubParams, env: &Env<'_>) -> Result<RunReport> {
+    run_probed(p, env, None).await
+}
+
+/// Runs `pubsub`, reporting progress to (and taking a stop from) `probe`, if given.
+///
+/// # Errors
+/// When a connection or subscription cannot be set up.
+pub async fn run_probed(
+    p: &PubSubParams,
+    env: &Env<'_>,
+    probe: Option<Arc<LoadProbe>>,
+) -> Result<RunReport> {
+    let r = run_inner(p, env, probe.clone()).await;
+    if let Some(probe) = &probe {
+        probe.publishing_done.store(true, Ordering::Release);
+    }
+    r
+}
+
+async fn run_inner(
+    p: &PubSubParams,
+    env: &Env<'_>,
+    probe: Option<Arc<LoadProbe>>,
+) -> Result<RunReport> {
     let mut report = RunReport::new("pubsub", p);
     let counts = split(p.msgs, p.pubs);
     let layout = Arc::new(Layout::new(&counts));
@@ -106,6 +145,7 @@ pub async fn run(p: &PubSubParams, env: &Env<'_>) -> Result<RunReport> {
         received: AtomicU64::new(0),
         expected: AtomicU64::new(expected),
         done: Notify::new(),
+        probe: probe.clone(),
     });
 
     // Subscribers first, each subscribed and flushed before anything is published.
@@ -148,7 +188,15 @@ pub async fn run(p: &PubSubParams, env: &Env<'_>) -> Result<RunReport> {
     for (i, (c, &n)) in pubs.into_iter().zip(&counts).enumerate() {
         let counter = Arc::new(Counter::default());
         pub_counters.push(counter.clone());
-        pub_tasks.spawn(publish_task(c, i as u64, n, p.size, go_rx.clone(), counter));
+        pub_tasks.spawn(publish_task(
+            c,
+            i as u64,
+            n,
+            p.size,
+            go_rx.clone(),
+            counter,
+            probe.clone(),
+        ));
     }
 
     let progress = if p.subs > 0 {
@@ -169,6 +217,9 @@ pub async fn run(p: &PubSubParams, env: &Env<'_>) -> Result<RunReport> {
     if missing > 0 {
         report.error(format!("{missing} publisher task(s) did not finish"));
     }
+    if let Some(probe) = &probe {
+        probe.publishing_done.store(true, Ordering::Release);
+    }
     let mut published = 0u64;
     let mut last_flush = start;
     for o in &outcomes {
@@ -180,7 +231,8 @@ pub async fn run(p: &PubSubParams, env: &Env<'_>) -> Result<RunReport> {
     }
     report.published = published;
     if published < p.msgs {
-        // A publisher stopped early: expect only what was published (its error is reported).
+        // A publisher stopped early (its error is reported) or a probe stopped the load:
+        // expect only what was published.
         expected = match (p.subs, p.queue) {
             (0, _) => 0,
             (_, true) => published,
@@ -291,6 +343,8 @@ struct Shared {
     expected: AtomicU64,
     /// Signalled when `received` reaches `expected`.
     done: Notify,
+    /// Another scenario watching this run.
+    probe: Option<Arc<LoadProbe>>,
 }
 
 /// Where each publisher's messages start in a bitmap of all N messages.
@@ -437,6 +491,9 @@ async fn subscribe_task(
         tally.last_at = Some(Instant::now());
         counter.set(tally.received);
         let before = shared.received.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(probe) = &shared.probe {
+            probe.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if before + n as u64 >= shared.expected.load(Ordering::Relaxed) {
             shared.done.notify_one();
         }
@@ -459,7 +516,8 @@ struct PubOutcome {
     error: Option<String>,
 }
 
-/// Waits for the start signal, publishes `count` messages, then flushes.
+/// Waits for the start signal, publishes `count` messages (fewer if `probe` says stop), then
+/// flushes.
 async fn publish_task(
     client: Client,
     id: u64,
@@ -467,6 +525,7 @@ async fn publish_task(
     size: usize,
     mut go: watch::Receiver<bool>,
     counter: Arc<Counter>,
+    probe: Option<Arc<LoadProbe>>,
 ) -> PubOutcome {
     let mut payload = vec![0u8; size];
     let fail = |client: Client, sent: u64, e: String| PubOutcome {
@@ -478,6 +537,7 @@ async fn publish_task(
     if go.wait_for(|&v| v).await.is_err() {
         return fail(client, 0, "the run ended before publishing started".into());
     }
+    let mut sent = count;
     for n in 0..count {
         let word = (id << SEQ_BITS) | n;
         payload[..8].copy_from_slice(&word.to_le_bytes());
@@ -490,15 +550,22 @@ async fn publish_task(
         }
         if n % 1024 == 1023 {
             counter.set(n + 1);
+            if probe
+                .as_ref()
+                .is_some_and(|p| p.stop.load(Ordering::Relaxed))
+            {
+                sent = n + 1;
+                break;
+            }
         }
     }
-    counter.set(count);
+    counter.set(sent);
     if let Err(e) = client.flush().await {
-        return fail(client, count, format!("flush after publishing: {e}"));
+        return fail(client, sent, format!("flush after publishing: {e}"));
     }
     PubOutcome {
         client,
-        sent: count,
+        sent,
         flushed_at: Instant::now(),
         error: None,
     }
@@ -550,6 +617,7 @@ mod tests {
             received: AtomicU64::new(5),
             expected: AtomicU64::new(10),
             done: Notify::new(),
+            probe: None,
         };
         let t0 = tokio::time::Instant::now();
         assert!(wait_deliveries(&shared, Duration::from_secs(20)).await);

@@ -7,6 +7,11 @@
 //! `requests_per_sec` = completed requests / (start → the last requester finished). The broker
 //! moves 4 messages per request (request in, to the replier, reply in, to the requester), which
 //! is what `broker_cpu_s_per_m_msgs` divides by.
+//!
+//! `--slow-replier-ms N` makes replier 0 a slow member: it takes its requests one at a time and
+//! waits N ms (a tokio sleep, so about N + 1 ms: the timer's granularity) before answering each.
+//! With `--repliers R > 1` that is one slow member of the queue group: under round-robin routing
+//! every R-th request waits for it, under load-aware routing the broker should steer around it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +53,10 @@ pub struct ReqRepParams {
     /// Unrecorded warm-up requests per requester.
     #[arg(long, default_value_t = 2000)]
     pub warmup: u64,
+    /// Replier 0 waits this many ms (tokio sleep) before answering each request, one request
+    /// at a time (0: no slow replier).
+    #[arg(long, default_value_t = 0)]
+    pub slow_replier_ms: u64,
 }
 
 impl ReqRepParams {
@@ -64,6 +73,9 @@ impl ReqRepParams {
         }
         if self.requests == 0 {
             bail!("--requests must be at least 1");
+        }
+        if self.slow_replier_ms > 4000 {
+            bail!("--slow-replier-ms must be at most 4000 (requests time out after 5 s)");
         }
         Ok(())
     }
@@ -86,7 +98,9 @@ pub async fn run(p: &ReqRepParams, env: &Env<'_>) -> Result<RunReport> {
             c.subscribe(SUBJECT).await?
         };
         c.flush().await?;
-        repliers.spawn(echo_task(c.clone(), s));
+        let delay =
+            (i == 0 && p.slow_replier_ms > 0).then(|| Duration::from_millis(p.slow_replier_ms));
+        repliers.spawn(echo_task(c.clone(), s, delay));
         replier_clients.push(c);
     }
 
@@ -177,12 +191,16 @@ pub async fn run(p: &ReqRepParams, env: &Env<'_>) -> Result<RunReport> {
     Ok(report)
 }
 
-/// Answers every request with its own payload until the subscription ends. Returns the first
-/// error, if publishing a reply failed.
-async fn echo_task(client: Client, mut sub: Subscriber) -> Option<String> {
+/// Answers every request with its own payload until the subscription ends, after `delay` if
+/// given (requests are taken one at a time, so a slow replier's requests queue up). Returns the
+/// first error, if publishing a reply failed.
+async fn echo_task(client: Client, mut sub: Subscriber, delay: Option<Duration>) -> Option<String> {
     while let Some(m) = sub.next().await {
         if m.reply.is_none() {
             continue;
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
         }
         if let Err(e) = client.respond(&m, m.payload.clone()).await {
             return (!client.is_closed()).then(|| format!("reply: {e}"));
