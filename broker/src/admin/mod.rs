@@ -311,7 +311,7 @@ pub fn set_config(
 ) -> Result<ConfigSnapshot, StoreError> {
     let store = &global.admin().store;
     // A component with live instances is known even if its record is still being written.
-    let create = create || !global.admin().registry.list(component, "", true).is_empty();
+    let create = create || global.admin().registry.has_component(component);
     let snap = if create {
         store.set_creating(component, environment, changes, expected_version, by)?
     } else {

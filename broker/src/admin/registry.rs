@@ -359,6 +359,15 @@ impl Registry {
             .collect()
     }
 
+    /// Whether any live instance of `component` is registered.
+    pub fn has_component(&self, component: &str) -> bool {
+        let g = self.inner.lock();
+        g.instances
+            .range((component.to_owned(), String::new())..)
+            .next()
+            .is_some_and(|((c, _), _)| c == component)
+    }
+
     /// Runs `f` under the registry lock (used to update the config cache atomically with
     /// respect to registrations).
     pub fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
@@ -421,6 +430,8 @@ mod tests {
         assert_eq!(r.list("", "nope", false).len(), 0);
         assert_eq!(r.conns_of("planner", "default"), vec![at(1), at(2)]);
         assert_eq!(r.conns_of("planner", "prod"), vec![]);
+        assert!(r.has_component("planner") && r.has_component("worker"));
+        assert!(!r.has_component("plan") && !r.has_component("planners"));
         let ev = r.deregister(1, "deregistered").expect("was registered");
         assert_eq!(ev.name(), "left");
         assert_eq!(ev.subject(), "$SYS.components.planner.left");
