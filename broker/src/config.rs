@@ -13,6 +13,9 @@
 //! max_subscriptions = 65536       # per connection
 //! max_pending = 67108864          # outbound bytes buffered per connection
 //! write_deadline_ms = 10000       # a write that makes no progress this long: slow consumer
+//! handshake_timeout_ms = 2000     # no HELLO this long after connecting: ERR handshake_timeout
+//! ping_interval_ms = 5000         # nothing read this long: the broker sends PING
+//! max_pings_out = 2               # that many PINGs with nothing read back: ERR stale_connection
 //! [admin]
 //! listen = "127.0.0.1:8480"       # HTTP admin API, /metrics, dashboard (library default: off)
 //! data_dir = "./agentwire-data"   # config center + metrics samples (library default: in memory)
@@ -51,6 +54,14 @@ pub struct Limits {
     /// A write to a client that makes no progress for this long marks it a slow consumer
     /// (default 10 s).
     pub write_deadline_ms: u64,
+    /// A client that has not sent HELLO this long after connecting gets `handshake_timeout`
+    /// and is closed (default 2 s).
+    pub handshake_timeout_ms: u64,
+    /// A connection the broker has read nothing from for this long is sent a PING (default 5 s).
+    pub ping_interval_ms: u64,
+    /// Unanswered keep-alive PINGs after which the connection is closed with
+    /// `stale_connection` (default 2).
+    pub max_pings_out: u32,
 }
 
 impl Default for Limits {
@@ -61,6 +72,9 @@ impl Default for Limits {
             max_subscriptions: 65_536,
             max_pending: 64 << 20,
             write_deadline_ms: 10_000,
+            handshake_timeout_ms: 2_000,
+            ping_interval_ms: 5_000,
+            max_pings_out: 2,
         }
     }
 }
@@ -256,6 +270,15 @@ impl Config {
         }
         if self.limits.write_deadline_ms == 0 {
             return bad("limits.write_deadline_ms must be at least 1");
+        }
+        if self.limits.handshake_timeout_ms < 10 {
+            return bad("limits.handshake_timeout_ms must be at least 10");
+        }
+        if self.limits.ping_interval_ms < 10 {
+            return bad("limits.ping_interval_ms must be at least 10");
+        }
+        if self.limits.max_pings_out == 0 {
+            return bad("limits.max_pings_out must be at least 1");
         }
         if self.read_buffer < 4096 {
             return bad("read_buffer must be at least 4096 bytes");

@@ -413,3 +413,61 @@ async fn slow_consumer_is_cut_off_and_others_carry_on() {
     assert!(fatal);
     slow.expect_closed().await;
 }
+
+#[tokio::test]
+async fn handshake_deadline_and_keepalive() {
+    let mut cfg = common::config(2);
+    cfg.limits.handshake_timeout_ms = 100;
+    cfg.limits.ping_interval_ms = 50;
+    cfg.limits.max_pings_out = 2;
+    let h = common::start(cfg);
+
+    // No HELLO: closed with handshake_timeout.
+    let (mut silent, _) = Raw::connect_no_hello(h.local_addr()).await;
+    let (c, fatal, msg) = silent.expect_err().await;
+    assert_eq!(c, code(ErrorCode::HandshakeTimeout), "{msg}");
+    assert!(fatal);
+    silent.expect_closed().await;
+
+    // Handshaken but never answering: PINGs, then stale_connection.
+    let mut mute = Raw::connect(h.local_addr()).await;
+    let mut pings = 0;
+    let err = loop {
+        let f = mute.next().await.expect("a frame before the close");
+        match f.op() {
+            proto::op::PING => pings += 1,
+            proto::op::ERR => break f,
+            op => panic!("unexpected op {op:#x}"),
+        }
+    };
+    assert_eq!(pings, 2, "max_pings_out PINGs before giving up");
+    let proto::Frame::Err(e) = err.parse() else {
+        panic!("ERR expected");
+    };
+    assert_eq!(e.code, code(ErrorCode::StaleConnection));
+    mute.expect_closed().await;
+
+    // A client that answers stays connected well past that.
+    let mut live = Raw::connect(h.local_addr()).await;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(600);
+    let mut answered = 0;
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(f)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), live.next()).await
+        {
+            assert_eq!(f.op(), proto::op::PING, "only keep-alive PINGs arrive");
+            let mut b = BytesMut::new();
+            proto::encode_pong(&mut b);
+            live.send(&b).await;
+            answered += 1;
+        }
+    }
+    assert!(answered >= 3, "pinged while idle ({answered})");
+    assert!(live
+        .ping_pong()
+        .await
+        .iter()
+        .all(|f| f.op() == proto::op::PING));
+    assert!(h.stats().error_count(ErrorCode::StaleConnection) >= 1);
+    assert!(h.stats().error_count(ErrorCode::HandshakeTimeout) >= 1);
+}

@@ -59,11 +59,15 @@ pub enum ErrorCode {
     NotRegistered = 21,
     /// REGISTER with an instance id that another live connection holds. The frame is dropped.
     DuplicateInstance = 22,
+    /// The client did not complete its handshake (HELLO) within the server's deadline. Fatal.
+    HandshakeTimeout = 23,
+    /// The client answered none of the server's last keep-alive PINGs. Fatal.
+    StaleConnection = 24,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order (the table of record).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::UnsupportedVersion,
         ErrorCode::MalformedFrame,
         ErrorCode::FrameTooLarge,
@@ -86,6 +90,8 @@ impl ErrorCode {
         ErrorCode::InvalidControl,
         ErrorCode::NotRegistered,
         ErrorCode::DuplicateInstance,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::StaleConnection,
     ];
 
     /// The numeric value on the wire.
@@ -124,6 +130,8 @@ impl ErrorCode {
             ErrorCode::InvalidControl => "invalid_control",
             ErrorCode::NotRegistered => "not_registered",
             ErrorCode::DuplicateInstance => "duplicate_instance",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::StaleConnection => "stale_connection",
         }
     }
 
@@ -140,6 +148,8 @@ impl ErrorCode {
                 | ErrorCode::ServerShutdown
                 | ErrorCode::AuthFailed
                 | ErrorCode::Internal
+                | ErrorCode::HandshakeTimeout
+                | ErrorCode::StaleConnection
         )
     }
 }
@@ -303,7 +313,7 @@ mod tests {
             .filter(|c| c.is_fatal())
             .map(|c| c.as_u16())
             .collect();
-        assert_eq!(fatal, [1, 2, 3, 9, 10, 11, 14, 15, 18]);
+        assert_eq!(fatal, [1, 2, 3, 9, 10, 11, 14, 15, 18, 23, 24]);
     }
 
     #[test]

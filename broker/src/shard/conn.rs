@@ -103,6 +103,14 @@ pub(crate) struct Conn {
     pub reqs: RefCell<VecDeque<Instant>>,
     /// The round-trip histogram of the component it registered as.
     pub component: RefCell<Option<Arc<Windowed>>>,
+    /// When the connection was accepted.
+    pub opened: Instant,
+    /// The client sent its HELLO.
+    pub handshaken: std::cell::Cell<bool>,
+    /// When bytes were last read from it.
+    pub last_read: std::cell::Cell<Instant>,
+    /// Keep-alive PINGs sent since the last read.
+    pub pings_out: std::cell::Cell<u32>,
 }
 
 impl Conn {
@@ -125,6 +133,10 @@ impl Conn {
             load: Arc::new(ConnLoad::default()),
             reqs: RefCell::new(VecDeque::new()),
             component: RefCell::new(None),
+            opened: Instant::now(),
+            handshaken: std::cell::Cell::new(false),
+            last_read: std::cell::Cell::new(Instant::now()),
+            pings_out: std::cell::Cell::new(0),
         }
     }
 
@@ -233,6 +245,72 @@ impl Conn {
             ErrorCode::SlowConsumer,
             &format!("slow consumer: {why}; connection closed"),
         );
+    }
+}
+
+/// Checks every connection of the shard against its deadlines, until shutdown: no HELLO
+/// within `handshake_timeout_ms` → `handshake_timeout`; nothing read for `ping_interval_ms` →
+/// a PING, and after `max_pings_out` of those with nothing read back → `stale_connection`.
+pub(crate) async fn keepalive(shard: Rc<Shard>) {
+    let limits = shard.global.config.limits;
+    let handshake = Duration::from_millis(limits.handshake_timeout_ms);
+    let interval = Duration::from_millis(limits.ping_interval_ms);
+    let tick = (handshake.min(interval) / 4).max(Duration::from_millis(5));
+    let mut stop = shard.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        let conns: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+        for c in conns {
+            if c.st.borrow().closing {
+                continue;
+            }
+            if !c.handshaken.get() {
+                if now.saturating_duration_since(c.opened) >= handshake {
+                    c.send_err(
+                        &shard,
+                        ErrorCode::HandshakeTimeout,
+                        &format!(
+                            "no HELLO within {} ms; closing",
+                            limits.handshake_timeout_ms
+                        ),
+                    );
+                }
+                continue;
+            }
+            // Each PING restarts the interval: the next one is due an interval after it.
+            let due = c.last_read.get() + interval * (c.pings_out.get() + 1);
+            if now < due {
+                continue;
+            }
+            if c.pings_out.get() >= limits.max_pings_out {
+                tracing::info!(
+                    conn = c.id,
+                    shard = shard.id,
+                    "stale connection: no answer to keep-alive PINGs"
+                );
+                c.send_err(
+                    &shard,
+                    ErrorCode::StaleConnection,
+                    &format!(
+                        "no answer to {} keep-alive PINGs {} ms apart; closing",
+                        limits.max_pings_out, limits.ping_interval_ms
+                    ),
+                );
+            } else {
+                c.pings_out.set(c.pings_out.get() + 1);
+                proto::encode_ping(&mut c.st.borrow_mut().out);
+                shard.touch(&c);
+            }
+        }
+        let _ = shard.flush();
     }
 }
 
@@ -379,6 +457,8 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
                 return "peer closed".into();
             }
             Ok(n) => {
+                conn.last_read.set(Instant::now());
+                conn.pings_out.set(0);
                 if n == spare {
                     read_size = (read_size * 2).min(cfg.read_buffer);
                 } else if n < read_size / 4 {
@@ -530,6 +610,7 @@ fn hello(shard: &Shard, conn: &Rc<Conn>, rs: &mut ReaderState, h: &HelloFrame<'_
         return;
     }
     rs.handshaken = true;
+    conn.handshaken.set(true);
     rs.no_responders = h.features & features::NO_RESPONDERS != 0;
     rs.name = String::from_utf8_lossy(h.name).into_owned();
     tracing::debug!(conn = conn.id, name = %rs.name, "handshake done");

@@ -754,6 +754,7 @@ pub(crate) fn run(
         let mut stop = shutdown.clone();
         let shard = Rc::new(Shard::new(global.clone(), id, shutdown));
         tokio::task::spawn_local(drain(shard.clone()));
+        tokio::task::spawn_local(conn::keepalive(shard.clone()));
         global.shards[id as usize]
             .running
             .store(true, Ordering::Relaxed);
