@@ -373,3 +373,81 @@ fn admin_commands_through_the_cli() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("agentwire serve"), "{}", text(&o));
 }
+
+/// A config PUT over the admin API; the version the broker acknowledged, if it answered 200.
+fn put_version(admin: SocketAddr, value: u64) -> Option<u64> {
+    let r = ureq::put(&format!("http://{admin}/api/v1/config/components/durable"))
+        .timeout(Duration::from_secs(2))
+        .send_json(serde_json::json!({"values": {"n": value.to_string()}, "create": true}))
+        .ok()?;
+    let v: serde_json::Value = r.into_json().ok()?;
+    v["version"].as_u64()
+}
+
+#[test]
+fn acknowledged_config_versions_survive_kill_9() {
+    let data_dir = std::env::temp_dir().join(format!(
+        "agentwire-kill9-{}-{}",
+        std::process::id(),
+        free_addr().port()
+    ));
+    let start = |data_dir: &std::path::Path| {
+        let addr = free_addr();
+        let admin = free_addr();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn agentwire serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "admin API did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (child, admin)
+    };
+    let (mut child, admin) = start(&data_dir);
+    // PUTs from a thread, acknowledged versions recorded; the broker is killed mid-loop.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+    let writer = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for i in 1..=2000u64 {
+                match put_version(admin, i) {
+                    Some(v) => *acked.lock().expect("lock") = v,
+                    None => return,
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while *acked.lock().expect("lock") < 20 {
+        assert!(Instant::now() < deadline, "no PUT acknowledged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    writer.join().expect("writer thread");
+    let last = *acked.lock().expect("lock");
+    let (mut child, admin) = start(&data_dir);
+    let v: serde_json::Value =
+        ureq::get(&format!("http://{admin}/api/v1/config/components/durable"))
+            .call()
+            .expect("GET after restart")
+            .into_json()
+            .expect("json");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let got = v["version"].as_u64().expect("version");
+    assert!(got >= last, "acknowledged version {last} lost: found {got}");
+    assert!(
+        got <= last + 1,
+        "at most the one in flight at the kill: {got} vs {last}"
+    );
+    assert_eq!(v["values"]["n"], got.to_string());
+}
