@@ -178,6 +178,8 @@ pub struct Config {
     pub match_cache: usize,
     /// How long shutdown waits for buffered data to reach clients (default 5 s).
     pub shutdown_grace_ms: u64,
+    /// Lame duck: clients are closed at random moments spread over this window (default 10 s).
+    pub lameduck_window_ms: u64,
     /// The admin plane.
     pub admin: AdminConfig,
 }
@@ -194,6 +196,7 @@ impl Default for Config {
             cross_shard_queue: 32,
             match_cache: 16_384,
             shutdown_grace_ms: 5_000,
+            lameduck_window_ms: 10_000,
             admin: AdminConfig::default(),
         }
     }

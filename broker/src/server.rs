@@ -74,6 +74,32 @@ impl ServerHandle {
         shard::snapshot(&self.global)
     }
 
+    /// Enters lame-duck mode: no new connections, every client gets a LAMEDUCK notice and is
+    /// closed at a random moment within `lameduck_window_ms`. [`ServerHandle::wait_drained`]
+    /// waits for the last one.
+    pub fn lame_duck(&self) {
+        self.global.enter_lame_duck();
+    }
+
+    /// Whether lame duck was entered (by [`ServerHandle::lame_duck`] or the admin API).
+    pub fn is_lame_duck(&self) -> bool {
+        *self.global.lame.borrow()
+    }
+
+    /// Waits until no client is connected, at most `max`. Returns whether none is left.
+    pub fn wait_drained(&self, max: Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        loop {
+            if self.global.conn_count.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Asks the server to stop: no new connections; each connection gets its buffered data and
     /// an ERR server_shutdown, then is closed. Returns at once; [`ServerHandle::join`] waits.
     pub fn shutdown(&self) {
@@ -198,11 +224,19 @@ fn accept_loop(
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let mut lame = global.lame.subscribe();
         let mut next = 0usize;
         loop {
             let accepted = tokio::select! {
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+                r = lame.changed() => {
+                    if r.is_err() || *lame.borrow() {
+                        // Lame duck: close the listener; new connections are refused.
                         break;
                     }
                     continue;

@@ -1,5 +1,5 @@
 //! Control-plane frames: component registration, heartbeats with load, config push and
-//! discovery (ops `0x40`–`0x46`, `PROTOCOL.md` section 13).
+//! discovery, lame duck (ops `0x40`–`0x47`, `PROTOCOL.md` section 13).
 //!
 //! Each body is an rkyv-archived structure. A receiver copies the body into an aligned buffer
 //! and validates it (bytecheck) before reading any field, so a hostile body is an error, never a
@@ -139,6 +139,16 @@ pub struct InstanceInfo {
     pub registered_at_ms: u64,
     /// Last heartbeat (or registration) time, ms since the Unix epoch.
     pub last_seen_ms: u64,
+}
+
+/// LAMEDUCK (server → client): the server stopped accepting connections and will close this
+/// one within `window_ms`; the client should move to another server of its list now.
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LameDuck {
+    /// The server closes this connection at the latest this many ms after sending the notice.
+    pub window_ms: u32,
+    /// Why (e.g. "upgrade", "drain requested by the admin API").
+    pub reason: String,
 }
 
 /// Why a control body was refused.
@@ -309,6 +319,7 @@ control_body!(Heartbeat, op::HEARTBEAT);
 control_body!(ConfigUpdate, op::CONFIG);
 control_body!(Discover, op::DISCOVER);
 control_body!(Discovered, op::DISCOVERED);
+control_body!(LameDuck, op::LAMEDUCK);
 
 /// Appends a control frame carrying `body` to `dst`.
 ///

@@ -74,6 +74,8 @@ pub mod op {
     pub const DISCOVER: u8 = 0x45;
     /// Server → client: answer to DISCOVER (rkyv body).
     pub const DISCOVERED: u8 = 0x46;
+    /// Server → client: the server is going away (lame duck); reconnect elsewhere (rkyv body).
+    pub const LAMEDUCK: u8 = 0x47;
     /// First op code reserved for control-plane ops (registration, config, ...).
     pub const CONTROL_FIRST: u8 = 0x40;
     /// Last op code reserved for control-plane ops.

@@ -95,6 +95,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .route("/api/v1/system/status", get(status))
         .route("/api/v1/system/metrics", get(system_metrics))
         .route("/api/v1/system/optimize", post(optimize))
+        .route("/api/v1/system/lameduck", post(lameduck))
         .route("/api/v1/deployment/status", get(deployment))
         .route("/api/v1/components", get(components))
         .route("/api/v1/components/{name}", get(component))
@@ -254,6 +255,15 @@ async fn system_metrics(
 
 async fn optimize(State(g): State<AppState>) -> Json<Value> {
     Json(super::optimize::report(&*g))
+}
+
+async fn lameduck(State(g): State<AppState>) -> Json<Value> {
+    g.lame_duck();
+    Json(json!({
+        "lame_duck": true,
+        "window_ms": g.config().lameduck_window_ms,
+        "connections": g.stats().connections,
+    }))
 }
 
 async fn deployment(State(g): State<AppState>) -> Json<Value> {

@@ -222,6 +222,8 @@ pub trait DataPlane: Send + Sync + 'static {
     fn subscription_count(&self) -> usize;
     /// Load records of the open connections, by connection id.
     fn loads(&self) -> Vec<(u64, Arc<load::ConnLoad>)>;
+    /// Enters lame-duck mode.
+    fn lame_duck(&self);
 }
 
 /// Publishes a message from the broker itself on `subject` to every matching subscriber.

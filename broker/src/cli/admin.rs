@@ -446,6 +446,22 @@ pub(crate) fn optimize(t: AdminTarget) -> ExitCode {
     })())
 }
 
+/// `agentwire drain`: lame duck through the admin API.
+pub(crate) fn drain(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let v = call("POST", &t, "/api/v1/system/lameduck", Some(json!({})))?;
+        if t.json {
+            print_json(&v);
+        } else {
+            println!(
+                "lame duck: no new connections; {} client(s) move away within {} ms, then the broker exits",
+                v["connections"], v["window_ms"]
+            );
+        }
+        Ok(())
+    })())
+}
+
 /// `agentwire deployment`.
 pub(crate) fn deployment(t: AdminTarget) -> ExitCode {
     finish((|| {

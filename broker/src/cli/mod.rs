@@ -1,6 +1,6 @@
 //! Command-line interface of `agentwire`: flag parsing, logging set-up, and one module per
 //! family of commands (`serve`; the client tools `pub`, `sub`, `req`, `reply`; the admin
-//! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`).
+//! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`, `drain`).
 //!
 //! Exit codes: 0 success, 1 runtime failure (cannot connect, server error, timeout), 2 usage
 //! error (bad flags, invalid subject, unreadable config).
@@ -59,6 +59,8 @@ enum Command {
     Optimize(admin::AdminTarget),
     /// Version, build, uptime, shards, listeners, config versions (admin API).
     Deployment(admin::AdminTarget),
+    /// Lame duck: stop accepting, move every client away over the window, exit (admin API).
+    Drain(admin::AdminTarget),
 }
 
 /// Default server address for the client tools.
@@ -100,6 +102,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Top(a) => admin::top(a),
         Command::Optimize(t) => admin::optimize(t),
         Command::Deployment(t) => admin::deployment(t),
+        Command::Drain(t) => admin::drain(t),
         cmd => {
             init_logging(cli.log_format, "warn");
             tools::run(cmd)

@@ -1,5 +1,7 @@
 //! `agentwire serve`: loads the configuration (defaults, then `--config FILE`, then flags),
-//! starts the broker and runs until SIGTERM or SIGINT, then shuts down cleanly (exit 0).
+//! starts the broker and runs until SIGTERM or SIGINT, then shuts down cleanly (exit 0). SIGUSR2
+//! (or the admin API's lame duck) stops accepting, moves clients away over the lame-duck window,
+//! then exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ pub(crate) struct ServeArgs {
     /// Queue-group member choice: `load` or `round-robin` [default: load].
     #[arg(long)]
     routing: Option<agentwire_broker::config::RoutingPolicy>,
+    /// Lame duck: clients are closed over this many ms [default: 10000].
+    #[arg(long)]
+    lameduck_window_ms: Option<u64>,
     /// Heartbeat interval asked of registered components, ms [default: 1000].
     #[arg(long)]
     heartbeat_ms: Option<u32>,
@@ -100,6 +105,9 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(r) = a.routing {
         cfg.admin.routing = r;
+    }
+    if let Some(w) = a.lameduck_window_ms {
+        cfg.lameduck_window_ms = w;
     }
     if let Some(h) = a.heartbeat_ms {
         cfg.admin.heartbeat_ms = h;
@@ -162,13 +170,6 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
         }
     };
     raise_fd_limit(cfg.limits.max_connections + 64);
-    let handle = match agentwire_broker::server::start(cfg) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("agentwire serve: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -179,17 +180,59 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let sig = rt.block_on(async {
+    // Signal handlers first: a signal sent as soon as the ports answer is never the default
+    // action (which would kill the process).
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
+        let _rt = rt.enter();
+        (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::user_defined2())?,
+            ))
+        })()
+    };
+    let (mut term, mut int, mut usr2) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("agentwire serve: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let handle = match agentwire_broker::server::start(cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("agentwire serve: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let window = std::time::Duration::from_millis(
+        handle.global().config.lameduck_window_ms + handle.global().config.shutdown_grace_ms,
+    );
+    let sig = rt.block_on(async {
+        let mut lame_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<_, std::io::Error>("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = usr2.recv() => {
+                    tracing::info!("SIGUSR2 received: entering lame duck");
+                    handle.lame_duck();
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+            if handle.is_lame_duck() {
+                let since = *lame_since.get_or_insert_with(std::time::Instant::now);
+                let open = handle.stats().connections;
+                if open == 0 || since.elapsed() >= window {
+                    return Ok("lame duck over");
+                }
+            }
         }
     });
     match sig {
-        Ok(s) => tracing::info!("{s} received: shutting down"),
+        Ok(s) => tracing::info!("{s}: shutting down"),
         Err(e) => tracing::error!("signal handling failed: {e}; shutting down"),
     }
     handle.shutdown();

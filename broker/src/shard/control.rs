@@ -9,7 +9,8 @@
 use std::rc::Rc;
 
 use agentwire_protocol::control::{
-    decode_control, encode_control, Discover, Discovered, Heartbeat, Registered, Registration,
+    decode_control, encode_control, Discover, Discovered, Heartbeat, LameDuck, Registered,
+    Registration,
 };
 use agentwire_protocol::{self as proto, op, ErrorCode};
 use bytes::BytesMut;
@@ -214,5 +215,56 @@ fn apply(shard: &Shard, cmd: ShardCmd) {
                 }
             }
         }
+    }
+}
+
+/// Waits for lame duck, then sends every client of this shard LAMEDUCK and closes each at a
+/// random moment within the window (`ERR server_shutdown`).
+pub(crate) async fn lame_duck(shard: Rc<Shard>) {
+    let mut lame = shard.global.lame.subscribe();
+    let mut stop = shard.shutdown.clone();
+    loop {
+        if *lame.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = lame.changed() => if r.is_err() { return; },
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return; },
+        }
+    }
+    let window = shard.global.config.lameduck_window_ms;
+    let notice = LameDuck {
+        window_ms: window.min(u64::from(u32::MAX)) as u32,
+        reason: "the server is going away (lame duck)".into(),
+    };
+    let conns: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+    for c in &conns {
+        let mut st = c.st.borrow_mut();
+        if st.closing {
+            continue;
+        }
+        if let Err(e) = encode_control(&mut st.out, &notice) {
+            tracing::error!("cannot encode LAMEDUCK: {e}");
+        }
+        drop(st);
+        shard.touch(c);
+    }
+    let _ = shard.flush();
+    for c in conns {
+        let delay = if window == 0 {
+            0
+        } else {
+            shard.next_rand_below(window)
+        };
+        let s2 = shard.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            c.send_err(
+                &s2,
+                ErrorCode::ServerShutdown,
+                "lame duck: the server is going away; reconnect to another server",
+            );
+            let _ = s2.flush();
+        });
     }
 }

@@ -129,6 +129,8 @@ pub struct Global {
     pub admin: Admin,
     /// Load records of every open connection, for queue-group routing.
     pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
+    /// Lame duck: set once; the acceptor stops, shards notify and close their clients.
+    pub lame: watch::Sender<bool>,
 }
 
 impl Global {
@@ -154,7 +156,22 @@ impl Global {
             conn_count: AtomicUsize::new(0),
             admin,
             loads: parking_lot::RwLock::new(FxHashMap::default()),
+            lame: watch::channel(false).0,
         })
+    }
+}
+
+impl Global {
+    /// Enters lame-duck mode (idempotent): stop accepting, notify every client, close them
+    /// spread over `lameduck_window_ms`.
+    pub fn enter_lame_duck(&self) {
+        let was = self.lame.send_replace(true);
+        if !was {
+            tracing::info!(
+                window_ms = self.config.lameduck_window_ms,
+                "lame duck: no new connections; closing clients over the window"
+            );
+        }
     }
 }
 
@@ -205,6 +222,9 @@ impl DataPlane for Global {
     }
     fn subscription_count(&self) -> usize {
         self.routing.subscription_count()
+    }
+    fn lame_duck(&self) {
+        self.enter_lame_duck();
     }
     fn loads(&self) -> Vec<(u64, Arc<ConnLoad>)> {
         self.loads
@@ -354,6 +374,11 @@ impl Shard {
                 cache.entry(c).or_insert_with(|| l.clone());
             }
         }
+    }
+
+    /// A random number below `n` (n > 0).
+    pub fn next_rand_below(&self, n: u64) -> u64 {
+        self.next_rand() % n.max(1)
     }
 
     fn next_rand(&self) -> u64 {
@@ -755,6 +780,7 @@ pub(crate) fn run(
         let shard = Rc::new(Shard::new(global.clone(), id, shutdown));
         tokio::task::spawn_local(drain(shard.clone()));
         tokio::task::spawn_local(conn::keepalive(shard.clone()));
+        tokio::task::spawn_local(control::lame_duck(shard.clone()));
         global.shards[id as usize]
             .running
             .store(true, Ordering::Relaxed);
