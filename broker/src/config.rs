@@ -16,6 +16,7 @@
 //! handshake_timeout_ms = 2000     # no HELLO this long after connecting: ERR handshake_timeout
 //! ping_interval_ms = 5000         # nothing read this long: the broker sends PING
 //! max_pings_out = 2               # that many PINGs with nothing read back: ERR stale_connection
+//! max_pending_total = 1073741824  # outbound bytes of all connections; past it the fullest close
 //! [admin]
 //! listen = "127.0.0.1:8480"       # HTTP admin API, /metrics, dashboard (library default: off)
 //! data_dir = "./agentwire-data"   # config center + metrics samples (library default: in memory)
@@ -62,6 +63,10 @@ pub struct Limits {
     /// Unanswered keep-alive PINGs after which the connection is closed with
     /// `stale_connection` (default 2).
     pub max_pings_out: u32,
+    /// Outbound bytes buffered for all connections together (default 1 GiB; each shard holds
+    /// an equal share). Past it, the connections with the most bytes waiting are closed as slow
+    /// consumers first, so the broker's memory stays bounded whatever clients do.
+    pub max_pending_total: usize,
 }
 
 impl Default for Limits {
@@ -75,6 +80,7 @@ impl Default for Limits {
             handshake_timeout_ms: 2_000,
             ping_interval_ms: 5_000,
             max_pings_out: 2,
+            max_pending_total: 1 << 30,
         }
     }
 }
@@ -279,6 +285,9 @@ impl Config {
         }
         if self.limits.ping_interval_ms < 10 {
             return bad("limits.ping_interval_ms must be at least 10");
+        }
+        if self.limits.max_pending_total < 1024 {
+            return bad("limits.max_pending_total must be at least 1024 bytes");
         }
         if self.limits.max_pings_out == 0 {
             return bad("limits.max_pings_out must be at least 1");

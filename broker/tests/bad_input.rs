@@ -471,3 +471,63 @@ async fn handshake_deadline_and_keepalive() {
     assert!(h.stats().error_count(ErrorCode::StaleConnection) >= 1);
     assert!(h.stats().error_count(ErrorCode::HandshakeTimeout) >= 1);
 }
+
+// The total cap: two consumers that never read, one that does, all on one shard. The broker's
+// buffers pass max_pending_total long before either stuck one reaches its own max_pending; the
+// fullest are closed, the reader gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pending_total_closes_the_fullest_first() {
+    let mut cfg = config(1);
+    cfg.limits.max_pending_total = 4 << 20;
+    let server = start(cfg);
+    let publisher = agentwire_client::connect(&server.local_addr().to_string())
+        .await
+        .expect("connect");
+    let mut stuck_a = Raw::connect(server.local_addr()).await;
+    let mut stuck_b = Raw::connect(server.local_addr()).await;
+    stuck_a.sub(1, "flood", "").await;
+    stuck_b.sub(1, "flood", "").await;
+    assert!(stuck_a.ping_pong().await.is_empty());
+    assert!(stuck_b.ping_pong().await.is_empty());
+    let reader_client = agentwire_client::connect(&server.local_addr().to_string())
+        .await
+        .expect("connect");
+    let mut rs = reader_client.subscribe("flood").await.expect("subscribe");
+    reader_client.flush().await.expect("flush");
+
+    const N: u32 = 40_000; // 40 MiB: far past the cap, far below 2 × max_pending (64 MiB)
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let m = tokio::time::timeout(WAIT, rs.next())
+                .await
+                .expect("the reading subscriber keeps receiving")
+                .expect("open");
+            assert_eq!(&m.payload[..4], &i.to_le_bytes());
+        }
+    });
+    let payload = vec![0u8; 1024];
+    for i in 0..N {
+        let mut p = payload.clone();
+        p[..4].copy_from_slice(&i.to_le_bytes());
+        publisher
+            .publish("flood", Bytes::from(p))
+            .await
+            .expect("publish");
+    }
+    tokio::time::timeout(Duration::from_secs(30), publisher.flush())
+        .await
+        .expect("publisher not stalled")
+        .expect("flush");
+    reader.await.expect("reader got everything in order");
+    common::eventually(
+        || server.stats().slow_consumers == 2,
+        "both stuck consumers closed",
+    )
+    .await;
+    for stuck in [&mut stuck_a, &mut stuck_b] {
+        let (c, fatal, msg) = stuck.expect_err().await;
+        assert_eq!(c, code(ErrorCode::SlowConsumer), "{msg}");
+        assert!(fatal);
+        assert!(msg.contains("max_pending_total"), "{msg}");
+    }
+}

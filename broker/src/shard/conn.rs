@@ -73,6 +73,8 @@ pub(crate) struct ConnState {
     pub touched: bool,
     /// Last time the writer made progress (or started writing after being idle).
     pub last_progress: Instant,
+    /// Pending bytes last added to the shard's total ([`Shard::account`]).
+    pub reported: usize,
 }
 
 impl ConnState {
@@ -126,6 +128,7 @@ impl Conn {
                 closing: false,
                 touched: false,
                 last_progress: Instant::now(),
+                reported: 0,
             }),
             wake_writer: Notify::new(),
             drained: Notify::new(),
@@ -232,6 +235,7 @@ impl Conn {
         }
         let buffered = st.out.len();
         st.out.clear();
+        shard.account(&mut st);
         drop(st);
         tracing::warn!(
             conn = self.id,
@@ -397,6 +401,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
         abort.abort();
     }
     shard.conns.borrow_mut().remove(&id);
+    {
+        let mut st = conn.st.borrow_mut();
+        st.out = BytesMut::new();
+        st.inflight = 0;
+        shard.account(&mut st);
+    }
     ShardStats::add_neg(&shard.handle.stats.conns_open);
     global
         .conn_count
@@ -951,6 +961,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
                     st.inflight -= n;
                     st.last_progress = Instant::now();
                     let pending = st.pending();
+                    shard.account(&mut st);
                     drop(st);
                     if pending <= soft {
                         conn.drained.notify_waiters();

@@ -268,6 +268,8 @@ pub(crate) struct Shard {
     pub rr: Cell<u32>,
     /// Publishes seen, for sampling subjects (one in [`HOT_SAMPLE`]).
     pub publishes: Cell<u64>,
+    /// Outbound bytes pending over this shard's connections (as last accounted).
+    pub pending_total: Cell<usize>,
     /// When the read batch being handled was read.
     pub read_at: Cell<Instant>,
     /// Send times (µs since the epoch) stamped on this batch's messages, recorded after the
@@ -308,6 +310,7 @@ impl Shard {
             conns: RefCell::new(FxHashMap::default()),
             cache: RefCell::new(cache),
             rr: Cell::new(0),
+            pending_total: Cell::new(0),
             read_at: Cell::new(Instant::now()),
             stamped: RefCell::new(Vec::new()),
             publishes: Cell::new(0),
@@ -586,9 +589,10 @@ impl Shard {
             if c.write_now(soft) {
                 c.wake_writer.notify_one();
             }
-            let st = c.st.borrow();
+            let mut st = c.st.borrow_mut();
             let pending = st.pending();
             let over = !st.closing && pending > soft;
+            self.account(&mut st);
             drop(st);
             c.load
                 .pending_bytes
@@ -606,7 +610,47 @@ impl Shard {
             }
         }
         self.publish_counters();
+        self.enforce_total();
         congested
+    }
+
+    /// Brings a connection's pending bytes into the shard's total.
+    /// A closing connection counts as nothing: what it still holds is on its way out.
+    pub fn account(&self, st: &mut conn::ConnState) {
+        let p = if st.closing { 0 } else { st.pending() };
+        if p != st.reported {
+            self.pending_total
+                .set((self.pending_total.get() + p).saturating_sub(st.reported));
+            st.reported = p;
+        }
+    }
+
+    /// Past this shard's share of `max_pending_total`, closes the connections with the most
+    /// bytes waiting (slow consumers) until under it.
+    fn enforce_total(&self) {
+        let limits = &self.global.config.limits;
+        let share = limits.max_pending_total / self.global.shards.len().max(1);
+        let mut guard = 0;
+        while self.pending_total.get() > share && guard < 64 {
+            guard += 1;
+            let worst = self
+                .conns
+                .borrow()
+                .values()
+                .filter(|c| !c.st.borrow().closing)
+                .max_by_key(|c| c.st.borrow().pending())
+                .cloned();
+            let Some(c) = worst else { break };
+            let pending = c.st.borrow().pending();
+            c.slow_consumer(
+                self,
+                &format!(
+                    "the broker's outbound buffers passed max_pending_total ({} bytes); this connection had the most waiting ({pending} bytes)",
+                    limits.max_pending_total
+                ),
+            );
+            self.account(&mut c.st.borrow_mut());
+        }
     }
 
     fn publish_counters(&self) {
