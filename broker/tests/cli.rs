@@ -451,3 +451,132 @@ fn acknowledged_config_versions_survive_kill_9() {
     );
     assert_eq!(v["values"]["n"], got.to_string());
 }
+
+fn serve_on(addr: SocketAddr, data_dir: &std::path::Path) -> Child {
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &addr.to_string(), "--admin", "off"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agentwire serve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn clients_ride_through_kill_9_and_restart() {
+    let addr = free_addr();
+    let dir = std::env::temp_dir().join(format!("agentwire-kill9-reconnect-{}", addr.port()));
+    let mut broker = serve_on(addr, &dir);
+    // The CLI subscriber and a library subscriber + publisher.
+    let mut cli_sub = Command::new(BIN)
+        .args(["sub", "ride.>", "--server", &addr.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sub");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (client, mut sub) = rt.block_on(async {
+        let c = agentwire_client::ConnectOptions::new()
+            .reconnect_delay(Duration::from_millis(20), Duration::from_millis(200))
+            .connect(&addr.to_string())
+            .await
+            .expect("connect");
+        let s = c.subscribe("ride.>").await.expect("subscribe");
+        c.flush().await.expect("flush");
+        (c, s)
+    });
+    let stdout = cli_sub.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Publish until the CLI subscriber (started concurrently) prints one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "the CLI sub never printed");
+        rt.block_on(async {
+            client.publish("ride.ready", "0").await.expect("publish");
+            client.flush().await.expect("flush");
+        });
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+    }
+    while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+    rt.block_on(async {
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+        }
+        client.publish("ride.before", "1").await.expect("publish");
+        client.flush().await.expect("flush");
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("message before")
+            .expect("open");
+        assert_eq!(&*m.subject, "ride.before");
+    });
+    broker.kill().expect("kill -9");
+    let _ = broker.wait();
+    // Published while the broker is down: buffered, sent after the reconnect.
+    rt.block_on(async {
+        client
+            .publish("ride.during", "2")
+            .await
+            .expect("buffered publish");
+    });
+    let mut broker = serve_on(addr, &dir);
+    rt.block_on(async {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the buffered message after the restart")
+            .expect("subscription resumed");
+        assert_eq!(&*m.subject, "ride.during");
+        client.publish("ride.after", "3").await.expect("publish");
+        client.flush().await.expect("flush");
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("message after")
+            .expect("open");
+        assert_eq!(&*m.subject, "ride.after");
+    });
+    // The CLI subscriber reconnects on its own backoff: it prints again once it has
+    // resubscribed (publish until it does, bounded).
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lines.iter().any(|l: &String| l.starts_with("ride.after")) {
+        assert!(
+            Instant::now() < deadline,
+            "the CLI sub printed nothing after the restart: {lines:?}"
+        );
+        rt.block_on(async {
+            client.publish("ride.after", "3").await.expect("publish");
+            client.flush().await.expect("flush");
+        });
+        while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(l);
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l == "ride.before 1"),
+        "the line before the kill: {lines:?}"
+    );
+    let _ = cli_sub.kill();
+    let _ = cli_sub.wait();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ use crate::conn::{lock, Inner, ReplyOutcome, SubEntry, SubKind};
 use crate::connect::random_token;
 use crate::control::{ConfigWatch, DiscoverQuery, Membership};
 use crate::error::{Error, ServerError};
+use crate::events::{ConnectionEvent, ConnectionEvents};
 use crate::headers::Headers;
 use crate::message::{Message, OutboundMessage};
 use crate::subscriber::Subscriber;
@@ -305,19 +306,20 @@ impl Client {
         let inner = &*self.inner;
         let (tx, rx) = mpsc::unbounded_channel();
         let sid = inner.alloc_sid();
-        {
+        let generation = {
             let mut subs = lock(&inner.subs);
             if inner.is_closed() || inner.draining.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            subs.insert(sid, SubEntry::new(SubKind::Stream(tx)));
-        }
+            subs.insert(sid, SubEntry::new(SubKind::Stream(tx), subject, queue));
+            inner.generation()
+        };
         let mut guard = SubscribeGuard {
             inner,
             sid,
             armed: true,
         };
-        inner.enqueue_sub(sid, subject, queue).await?;
+        inner.enqueue_sub(sid, subject, queue, generation).await?;
         guard.armed = false;
         Ok(Subscriber::new(self.clone(), sid, subject, rx))
     }
@@ -556,6 +558,47 @@ impl Client {
     /// [`Error::Closed`] or [`Error::Server`] when the connection closes first.
     pub async fn discover(&self, query: DiscoverQuery) -> Result<Vec<InstanceInfo>, Error> {
         crate::control::discover(self, query).await
+    }
+
+    /// Why the client closed, as the error later calls get: `None` while it is open (also while
+    /// it reconnects), e.g. [`Error::ReconnectFailed`] once reconnecting gave up.
+    pub fn close_reason(&self) -> Option<Error> {
+        if !self.inner.torn_down.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.inner
+                .close_reason
+                .get()
+                .map_or(Error::Closed, crate::error::CloseReason::to_error),
+        )
+    }
+
+    /// A stream of what happens to the connection: drops, reconnects, server errors and the
+    /// close (see [`ConnectionEvent`]). Opened while connected, it starts with
+    /// [`ConnectionEvent::Connected`] for the current connection; it ends after
+    /// [`ConnectionEvent::Closed`] (at once if the client is closed already).
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) {
+    /// let mut events = client.events();
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.next().await {
+    ///         println!("connection: {event:?}");
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn events(&self) -> ConnectionEvents {
+        let first = self.is_connected().then(|| ConnectionEvent::Connected {
+            addr: lock(&self.inner.addr).clone(),
+        });
+        self.inner.events.listen(first)
+    }
+
+    /// Whether the connection is up: not closed, and not reconnecting after a drop.
+    pub fn is_connected(&self) -> bool {
+        !self.is_closed() && !self.inner.write.lock().disconnected
     }
 
     /// The fatal ERR that closed the connection, if the server closed it with one.

@@ -16,10 +16,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use agentwire_protocol::{encode_pub, encode_sub, encode_unsub};
+use agentwire_protocol::{encode_pub, encode_sub, encode_unsub, frame_len, parse_frame, Frame};
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) write_buffer_limit: usize,
     /// Stamp every publish with its send time ([`crate::SENT_AT_HEADER`]).
     pub(crate) stamp_send_time: bool,
+    /// Bytes publishes may buffer while the client reconnects.
+    pub(crate) reconnect_buffer_size: usize,
 }
 
 /// Which side calls [`Inner::teardown`] (so it does not abort itself).
@@ -73,6 +75,11 @@ pub(crate) struct WriteState {
     pub(crate) closed: bool,
     /// Messages published (counted here because the lock is held anyway).
     pub(crate) out_msgs: u64,
+    /// The connection dropped and the client is reconnecting: no writer runs; `buf` collects
+    /// what is published meanwhile (up to the reconnect buffer size).
+    pub(crate) disconnected: bool,
+    /// Bumped at every drop: a reader or writer of an older connection does nothing.
+    pub(crate) generation: u64,
 }
 
 /// Where the reader sends the messages of one subscription.
@@ -89,6 +96,10 @@ pub(crate) enum SubKind {
 #[derive(Debug)]
 pub(crate) struct SubEntry {
     pub(crate) kind: SubKind,
+    /// The subject or pattern, re-sent after a reconnect.
+    pub(crate) subject: String,
+    /// The queue group (empty for none), re-sent after a reconnect.
+    pub(crate) queue: String,
     /// Messages the reader has dispatched to it.
     pub(crate) delivered: u64,
     /// End after this many deliveries in all (0: no limit).
@@ -101,9 +112,11 @@ pub(crate) struct SubEntry {
 }
 
 impl SubEntry {
-    pub(crate) fn new(kind: SubKind) -> SubEntry {
+    pub(crate) fn new(kind: SubKind, subject: &str, queue: &str) -> SubEntry {
         SubEntry {
             kind,
+            subject: subject.to_owned(),
+            queue: queue.to_owned(),
             delivered: 0,
             max: 0,
             server_limited: false,
@@ -161,10 +174,22 @@ pub(crate) struct Inner {
     pub(crate) reads: AtomicU64,
     pub(crate) out_bytes: AtomicU64,
     pub(crate) writes: AtomicU64,
+    /// How to reconnect when the connection drops (`None`: reconnect is off).
+    pub(crate) reconnect: Option<crate::reconnect::Reconnector>,
+    /// The address of the current (or last) connection.
+    pub(crate) addr: Mutex<String>,
+    /// Listeners of [`crate::Client::events`].
+    pub(crate) events: crate::events::EventHub,
 }
 
 impl Inner {
-    pub(crate) fn new(info: ServerInfo, settings: Settings, inbox_prefix: String) -> Inner {
+    pub(crate) fn new(
+        info: ServerInfo,
+        settings: Settings,
+        inbox_prefix: String,
+        reconnect: Option<crate::reconnect::Reconnector>,
+        addr: String,
+    ) -> Inner {
         Inner {
             info,
             settings,
@@ -192,6 +217,9 @@ impl Inner {
             reads: AtomicU64::new(0),
             out_bytes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            reconnect,
+            addr: Mutex::new(addr),
+            events: crate::events::EventHub::default(),
         }
     }
 
@@ -274,16 +302,31 @@ impl Inner {
     }
 
     /// Appends a SUB to the write buffer, waiting for space if needed.
+    ///
+    /// `generation` is the write generation when the subscription entered `subs`: if the
+    /// connection dropped since (or is down), the reconnect re-sends the SUB and none is queued.
     pub(crate) async fn enqueue_sub(
         &self,
         sid: u32,
         subject: &str,
         queue: &str,
+        generation: u64,
     ) -> Result<(), Error> {
+        {
+            let w = self.write.lock();
+            if !w.closed && !w.closing && (w.disconnected || w.generation != generation) {
+                return Ok(());
+            }
+        }
         self.enqueue(false, |b| {
             encode_sub(b, sid, subject.as_bytes(), queue.as_bytes()).map_err(Error::from)
         })
         .await
+    }
+
+    /// The current write generation (see [`WriteState::generation`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.write.lock().generation
     }
 
     /// Appends frames produced by `encode`, waiting while the pending bytes are over the limit.
@@ -324,6 +367,26 @@ impl Inner {
         let mut w = self.write.lock();
         if w.closed || w.closing {
             return Some(Err(Error::Closed));
+        }
+        if w.disconnected {
+            // Reconnecting: buffer up to the reconnect buffer size, never wait.
+            let limit = self.settings.reconnect_buffer_size;
+            let mark = w.buf.len();
+            if let Err(e) = encode(&mut w.buf) {
+                w.buf.truncate(mark);
+                return Some(Err(e));
+            }
+            if w.buf.len() > limit {
+                w.buf.truncate(mark);
+                return Some(Err(Error::ReconnectBufferFull {
+                    limit,
+                    pending: mark,
+                }));
+            }
+            if count_msg {
+                w.out_msgs += 1;
+            }
+            return Some(Ok(()));
         }
         if w.buf.len() + w.in_flight >= self.settings.write_buffer_limit {
             return None;
@@ -437,8 +500,10 @@ impl Inner {
         }
         let sid = self.alloc_sid();
         let pattern = format!("{}.>", self.inbox_prefix);
-        self.enqueue_control(|b| encode_sub(b, sid, pattern.as_bytes(), b"").map_err(Error::from))?;
-        subs.insert(sid, SubEntry::new(SubKind::Inbox));
+        self.enqueue_control_connected(|b| {
+            encode_sub(b, sid, pattern.as_bytes(), b"").map_err(Error::from)
+        })?;
+        subs.insert(sid, SubEntry::new(SubKind::Inbox, &pattern, ""));
         self.inbox_sid.store(sid, Ordering::Release);
         Ok(())
     }
@@ -446,14 +511,40 @@ impl Inner {
     /// Removes a subscription and tells the server, unless it already ended. Returns whether it
     /// was still active.
     pub(crate) fn remove_sub(&self, sid: u32) -> Result<bool, Error> {
-        let removed = lock(&self.subs).remove(&sid).is_some();
+        let mut subs = lock(&self.subs);
+        let removed = subs.remove(&sid).is_some();
         if removed && !self.is_closed() {
-            self.enqueue_control(|b| {
+            // Under `subs`, so a reconnect's re-subscribe either still had it or never sends it.
+            self.enqueue_control_connected(|b| {
                 encode_unsub(b, sid, 0);
                 Ok(())
             })?;
         }
+        drop(subs);
         Ok(removed)
+    }
+
+    /// As [`Inner::enqueue_control`], but queues nothing while the client is reconnecting (for
+    /// SUB and UNSUB frames, which the re-subscribe after the reconnect covers). Callers hold
+    /// `subs`.
+    pub(crate) fn enqueue_control_connected(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut w = self.write.lock();
+        if w.closed {
+            return Err(Error::Closed);
+        }
+        if w.disconnected {
+            return Ok(());
+        }
+        let was_empty = w.buf.is_empty();
+        encode(&mut w.buf)?;
+        drop(w);
+        if was_empty {
+            self.writer_wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Starts a graceful close: nothing new is accepted; the writer sends what is buffered, shuts
@@ -465,9 +556,70 @@ impl Inner {
             return;
         }
         w.closing = true;
+        if w.disconnected {
+            // No writer runs to finish the close: end now (what was buffered is dropped).
+            drop(w);
+            self.teardown(CloseReason::Closed, Origin::User);
+            return;
+        }
         drop(w);
         self.writer_wake.notify_one();
         self.drained.notify_waiters();
+    }
+
+    /// The reader or writer of connection `generation` saw it drop (EOF, socket error). With
+    /// reconnect on and no close under way: fails the flushes and requests in flight with
+    /// [`Error::Disconnected`], drops what was buffered but not written, stops the other task
+    /// and starts the reconnect loop; subscriptions stay. Otherwise tears down. A stale
+    /// generation (the drop was already handled) does nothing.
+    pub(crate) fn connection_lost(self: &Arc<Self>, origin: Origin, generation: u64, why: String) {
+        if self.reconnect.is_none() {
+            self.teardown(CloseReason::Closed, origin);
+            return;
+        }
+        let waiters = {
+            let mut w = self.write.lock();
+            if w.closed || w.generation != generation || w.disconnected {
+                return;
+            }
+            if w.closing || self.is_closed() {
+                drop(w);
+                self.teardown(CloseReason::Closed, origin);
+                return;
+            }
+            w.disconnected = true;
+            w.generation += 1;
+            // Publishes buffered but not yet taken by the writer are kept (sent after the
+            // reconnect); other frames are redone (SUBs, REGISTER) or failed (PINGs, requests).
+            w.buf = keep_publishes(&w.buf, self.inbox_prefix.as_bytes());
+            w.in_flight = 0;
+            // Every PING sent is answered or failed now: the next PONG answers the next PING.
+            self.pongs_seen.store(w.pings_sent, Ordering::Relaxed);
+            std::mem::take(&mut w.pong_waiters)
+        };
+        for tx in waiters {
+            let _ = tx.send(Err(CloseReason::Disconnected));
+        }
+        let requests = std::mem::take(&mut *lock(&self.requests));
+        for (_, tx) in requests {
+            let _ = tx.send(ReplyOutcome::Closed(CloseReason::Disconnected));
+        }
+        crate::control::on_disconnect(self);
+        if origin != Origin::Reader {
+            if let Some(h) = lock(&self.reader_task).take() {
+                h.abort();
+            }
+        }
+        if origin != Origin::Writer {
+            if let Some(h) = lock(&self.writer_task).take() {
+                h.abort();
+            }
+        }
+        self.drained.notify_waiters();
+        tracing::debug!(client_id = self.info.client_id, reason = %why, "connection lost; reconnecting");
+        self.events
+            .emit(crate::events::ConnectionEvent::Disconnected { reason: why });
+        tokio::spawn(crate::reconnect::run(self.clone()));
     }
 
     /// Closes gracefully and waits until the connection is torn down, bounded by the request
@@ -538,6 +690,9 @@ impl Inner {
         }
         self.torn_down.store(true, Ordering::Release);
         self.done.notify_waiters();
+        self.events.close(crate::events::ConnectionEvent::Closed {
+            reason: reason.to_error().to_string(),
+        });
         tracing::debug!(
             client_id = self.info.client_id,
             ?reason,
@@ -556,6 +711,28 @@ impl Inner {
             reads: self.reads.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The PUB frames of `buf` (whole frames, in order), except requests (replies to
+/// `inbox_prefix`), whose waiters fail at a drop.
+fn keep_publishes(buf: &[u8], inbox_prefix: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut off = 0usize;
+    while off < buf.len() {
+        let Ok(Some(len)) = frame_len(&buf[off..], usize::MAX) else {
+            break;
+        };
+        let Some(frame) = buf.get(off..off + len) else {
+            break;
+        };
+        if let Ok(Frame::Pub(p)) = parse_frame(frame) {
+            if !p.reply.starts_with(inbox_prefix) {
+                out.extend_from_slice(frame);
+            }
+        }
+        off += len;
+    }
+    out
 }
 
 /// Validates a publish or reply subject.
@@ -585,6 +762,22 @@ pub(crate) fn check_literal(subject: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drop_keeps_only_the_buffered_publishes() {
+        let mut buf = BytesMut::new();
+        encode_sub(&mut buf, 1, b"a.>", b"").expect("SUB");
+        encode_pub(&mut buf, b"a.one", b"", b"", b"1").expect("PUB");
+        agentwire_protocol::encode_ping(&mut buf);
+        encode_pub(&mut buf, b"svc", b"_INBOX.abc.7", b"", b"req").expect("request PUB");
+        encode_unsub(&mut buf, 1, 0);
+        encode_pub(&mut buf, b"a.two", b"x.reply", b"", b"2").expect("PUB");
+        let mut want = BytesMut::new();
+        encode_pub(&mut want, b"a.one", b"", b"", b"1").expect("PUB");
+        encode_pub(&mut want, b"a.two", b"x.reply", b"", b"2").expect("PUB");
+        assert_eq!(keep_publishes(&buf, b"_INBOX.abc"), want);
+        assert!(keep_publishes(&[], b"_INBOX.abc").is_empty());
+    }
 
     #[test]
     fn subject_check_cache_never_lets_an_invalid_subject_through() {

@@ -31,6 +31,12 @@ pub const DEFAULT_WRITE_BUFFER_LIMIT: usize = 8 << 20;
 /// the next read needs a fresh allocation; at 256 KiB those came from mmap with a page fault
 /// per page (10% of a 1 KiB 1->1 profile), at 64 KiB they are reused heap memory.
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 64 << 10;
+/// Default shortest wait before a reconnect attempt (the first one).
+pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
+/// Default longest wait between reconnect attempts (the exponential backoff's cap).
+pub const DEFAULT_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// Default bytes publishes may buffer while the client reconnects (8 MiB).
+pub const DEFAULT_RECONNECT_BUFFER_SIZE: usize = 8 << 20;
 
 /// Options for a connection, as a builder.
 ///
@@ -55,6 +61,12 @@ pub struct ConnectOptions {
     write_buffer_limit: usize,
     read_buffer_size: usize,
     stamp_send_time: bool,
+    servers: Vec<String>,
+    reconnect: bool,
+    max_reconnects: Option<u32>,
+    reconnect_delay_min: Duration,
+    reconnect_delay_max: Duration,
+    reconnect_buffer_size: usize,
 }
 
 impl Default for ConnectOptions {
@@ -65,7 +77,8 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Defaults: no name, 5 s connect timeout, 10 s request timeout, 8 MiB write buffer limit,
-    /// 64 KiB read chunks.
+    /// 64 KiB read chunks, no server list, reconnect on, unlimited reconnect attempts, reconnect
+    /// backoff from 50 ms to 2 s.
     pub fn new() -> ConnectOptions {
         ConnectOptions {
             name: String::new(),
@@ -74,7 +87,121 @@ impl ConnectOptions {
             write_buffer_limit: DEFAULT_WRITE_BUFFER_LIMIT,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             stamp_send_time: false,
+            servers: Vec::new(),
+            reconnect: true,
+            max_reconnects: None,
+            reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
+            reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
+            reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
         }
+    }
+
+    /// The broker addresses (`host:port`) [`ConnectOptions::connect_servers`] tries, in order;
+    /// reconnects go round robin over them, starting after the address that dropped.
+    /// Replaces any list set before. ([`ConnectOptions::connect`] uses its one address.)
+    ///
+    /// ```no_run
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// let client = ConnectOptions::new()
+    ///     .servers(["127.0.0.1:4800", "127.0.0.1:4801"])
+    ///     .connect_servers()
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn servers<I, S>(mut self, list: I) -> ConnectOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = list.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Bytes that publishes may buffer while the client reconnects (default 8 MiB). Past it a
+    /// publish fails with [`Error::ReconnectBufferFull`] instead of waiting.
+    pub fn reconnect_buffer_size(mut self, bytes: usize) -> ConnectOptions {
+        self.reconnect_buffer_size = bytes;
+        self
+    }
+
+    /// Whether the client reconnects by itself when the connection drops (EOF or a socket
+    /// error; not a close by this client, a fatal ERR from the server or a malformed frame).
+    /// Default on.
+    ///
+    /// While reconnecting, subscriptions stay open and are re-sent with the same ids, publishes
+    /// are buffered ([`ConnectOptions::reconnect_buffer_size`]) and sent after the
+    /// re-subscribe, and requests and flushes in flight at the drop fail with
+    /// [`Error::Disconnected`]. Off: a dropped connection closes the client.
+    pub fn reconnect(mut self, on: bool) -> ConnectOptions {
+        self.reconnect = on;
+        self
+    }
+
+    /// How many reconnect attempts in a row may fail before the client gives up and closes
+    /// (`None`, the default: never give up). Then the client closes: waiters and later calls get
+    /// [`Error::ReconnectFailed`] and subscriber streams end.
+    pub fn max_reconnects(mut self, max: Option<u32>) -> ConnectOptions {
+        self.max_reconnects = max;
+        self
+    }
+
+    /// The reconnect backoff: the first attempt waits about `min`, each next one twice as long,
+    /// capped at `max`, every wait with ±20% jitter (defaults 50 ms and 2 s; `max` is raised to
+    /// `min` when smaller). See [`ConnectOptions::reconnect_delay_for`].
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> ConnectOptions {
+        self.reconnect_delay_min = min;
+        self.reconnect_delay_max = max.max(min);
+        self
+    }
+
+    /// The wait before reconnect attempt number `attempt` (0 for the first) under
+    /// [`ConnectOptions::reconnect_delay`]: `min * 2^attempt` capped at `max`, then scaled by a
+    /// random factor in [0.8, 1.2].
+    pub fn reconnect_delay_for(&self, attempt: u32) -> Duration {
+        let jitter = rand::thread_rng().gen_range(0.8..=1.2);
+        backoff(
+            attempt,
+            self.reconnect_delay_min,
+            self.reconnect_delay_max,
+            jitter,
+        )
+    }
+
+    /// Whether the client is to reconnect by itself ([`ConnectOptions::reconnect`]).
+    pub fn reconnect_enabled(&self) -> bool {
+        self.reconnect
+    }
+
+    /// The reconnect attempt limit ([`ConnectOptions::max_reconnects`]).
+    pub fn reconnect_limit(&self) -> Option<u32> {
+        self.max_reconnects
+    }
+
+    /// The server list ([`ConnectOptions::servers`]).
+    pub fn server_list(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// Connects to the first address of [`ConnectOptions::servers`] that accepts the client,
+    /// trying each once, in order (each bounded by the connect timeout).
+    ///
+    /// # Errors
+    /// [`Error::NoServers`] when the list is empty; otherwise, when no address accepts the
+    /// client, the error of the last one tried (as [`ConnectOptions::connect`]).
+    pub async fn connect_servers(self) -> Result<Client, Error> {
+        let servers = self.servers.clone();
+        let mut last = Error::NoServers;
+        for (index, addr) in servers.iter().enumerate() {
+            match self.clone().connect_list(servers.clone(), index).await {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    tracing::debug!(addr = %addr, error = %e, "server did not accept the client; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The client name the server shows in logs and monitoring.
@@ -125,6 +252,41 @@ impl ConnectOptions {
     /// [`Error::Connect`] or [`Error::ConnectTimeout`] when the TCP connection cannot be opened,
     /// [`Error::Handshake`] when the server rejects the client or does not speak the protocol.
     pub async fn connect(self, addr: &str) -> Result<Client, Error> {
+        let addrs = vec![addr.to_owned()];
+        self.connect_list(addrs, 0).await
+    }
+
+    /// Connects to `addrs[index]`; `addrs` is the reconnect list.
+    async fn connect_list(self, addrs: Vec<String>, index: usize) -> Result<Client, Error> {
+        let addr = addrs.get(index).ok_or(Error::NoServers)?.clone();
+        let (stream, info, leftover) = self.open(&addr).await?;
+        let settings = Settings {
+            request_timeout: self.request_timeout,
+            write_buffer_limit: self.write_buffer_limit,
+            stamp_send_time: self.stamp_send_time,
+            reconnect_buffer_size: self.reconnect_buffer_size,
+        };
+        let read_size = self.read_buffer_size;
+        let reconnect = self
+            .reconnect
+            .then(|| crate::reconnect::Reconnector::new(self, addrs, index));
+        let inner = Arc::new(Inner::new(
+            info,
+            settings,
+            format!("_INBOX.{}", random_token()),
+            reconnect,
+            addr,
+        ));
+        start_tasks(&inner, stream, leftover, read_size, 0);
+        Ok(Client::new(inner))
+    }
+
+    /// Opens a TCP connection to `addr` and completes the handshake, bounded by the connect
+    /// timeout. Returns the socket, the server's INFO and the bytes read past the PONG.
+    pub(crate) async fn open(
+        &self,
+        addr: &str,
+    ) -> Result<(TcpStream, ServerInfo, BytesMut), Error> {
         if self.name.len() > usize::from(u16::MAX) {
             return Err(Error::Encode(EncodeError::FieldTooLong {
                 field: "name",
@@ -176,33 +338,55 @@ impl ConnectOptions {
             client_id = info.client_id,
             "connected"
         );
-        let settings = Settings {
-            request_timeout: self.request_timeout,
-            write_buffer_limit: self.write_buffer_limit,
-            stamp_send_time: self.stamp_send_time,
-        };
-        let inner = Arc::new(Inner::new(
-            info,
-            settings,
-            format!("_INBOX.{}", random_token()),
-        ));
-        let (rd, wr) = stream.into_split();
-        let reader = tokio::spawn(reader::run(
-            inner.clone(),
-            rd,
-            leftover,
-            self.read_buffer_size,
-        ));
-        let writer = tokio::spawn(writer::run(inner.clone(), wr));
-        *lock(&inner.reader_task) = Some(reader.abort_handle());
-        *lock(&inner.writer_task) = Some(writer.abort_handle());
-        if inner.torn_down.load(std::sync::atomic::Ordering::Acquire) {
-            // The connection died before the handles were stored: stop whichever task is left.
-            reader.abort();
-            writer.abort();
-        }
-        Ok(Client::new(inner))
+        Ok((stream, info, leftover))
     }
+
+    /// The read chunk size ([`ConnectOptions::read_buffer_size`]).
+    pub(crate) fn read_size(&self) -> usize {
+        self.read_buffer_size
+    }
+}
+
+/// Spawns the reader and writer of connection `generation` on `stream`.
+pub(crate) fn start_tasks(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    leftover: BytesMut,
+    read_size: usize,
+    generation: u64,
+) {
+    let (rd, wr) = stream.into_split();
+    let reader = tokio::spawn(reader::run(
+        inner.clone(),
+        rd,
+        leftover,
+        read_size,
+        generation,
+    ));
+    let writer = tokio::spawn(writer::run(inner.clone(), wr, generation));
+    *lock(&inner.reader_task) = Some(reader.abort_handle());
+    *lock(&inner.writer_task) = Some(writer.abort_handle());
+    let stale = {
+        let w = inner.write.lock();
+        w.closed || w.generation != generation
+    };
+    if stale || inner.torn_down.load(std::sync::atomic::Ordering::Acquire) {
+        // The connection died before the handles were stored: stop whichever task is left.
+        reader.abort();
+        writer.abort();
+    }
+    inner.writer_wake.notify_one();
+}
+
+/// `min * 2^attempt` capped at `max` (`max` at least `min`), scaled by `jitter` (meant to be in
+/// [0.8, 1.2]).
+fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let max = max.max(min);
+    let base = min
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .map_or(max, |d| d.min(max));
+    // Past what a `Duration` holds (only with a huge cap): the unjittered wait.
+    Duration::try_from_secs_f64(jitter.clamp(0.0, 2.0) * base.as_secs_f64()).unwrap_or(base)
 }
 
 /// 22 random alphanumeric characters (about 131 bits).
@@ -304,6 +488,73 @@ async fn handshake(
                 return Ok((info, buf));
             }
             Next::Skip => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn backoff_doubles_from_min_and_caps_at_max() {
+        let waits: Vec<_> = (0..8).map(|a| backoff(a, MIN, MAX, 1.0)).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff(u32::MAX, MIN, MAX, 1.0), MAX, "no overflow");
+        assert_eq!(
+            backoff(40, Duration::from_secs(u64::MAX / 2), Duration::MAX, 1.0),
+            Duration::MAX,
+            "an overflowing product is the cap"
+        );
+    }
+
+    #[test]
+    fn backoff_jitter_scales_the_wait() {
+        assert_eq!(backoff(0, MIN, MAX, 0.8), Duration::from_millis(40));
+        assert_eq!(backoff(0, MIN, MAX, 1.2), Duration::from_millis(60));
+        assert_eq!(backoff(9, MIN, MAX, 1.2), Duration::from_millis(2400));
+        assert_eq!(
+            backoff(0, MIN, Duration::ZERO, 1.0),
+            MIN,
+            "max raised to min"
+        );
+    }
+
+    #[test]
+    fn reconnect_delay_for_stays_within_twenty_percent() {
+        let opts = ConnectOptions::new();
+        for attempt in 0..10 {
+            let base = backoff(attempt, MIN, MAX, 1.0);
+            for _ in 0..50 {
+                let d = opts.reconnect_delay_for(attempt);
+                assert!(
+                    d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2),
+                    "{attempt}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reconnect_defaults_and_setters() {
+        let opts = ConnectOptions::new();
+        assert!(opts.reconnect_enabled());
+        assert_eq!(opts.reconnect_limit(), None);
+        assert!(opts.server_list().is_empty());
+        let opts = opts
+            .servers(["127.0.0.1:1", "127.0.0.1:2"])
+            .reconnect(false)
+            .max_reconnects(Some(3))
+            .reconnect_delay(Duration::from_millis(10), Duration::from_millis(40));
+        assert!(!opts.reconnect_enabled());
+        assert_eq!(opts.reconnect_limit(), Some(3));
+        assert_eq!(opts.server_list(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        for _ in 0..20 {
+            assert!(opts.reconnect_delay_for(5) <= Duration::from_millis(48));
         }
     }
 }

@@ -663,6 +663,7 @@ pub(crate) async fn discover(
     let after = inner.settings.request_timeout;
     match tokio::time::timeout(after, rx).await {
         Ok(Ok(instances)) => Ok(instances),
+        Ok(Err(_)) if !inner.is_closed() => Err(Error::Disconnected),
         Ok(Err(_)) => Err(closed_error(inner)),
         Err(_) => Err(Error::ControlTimeout {
             op: "DISCOVER",
@@ -780,11 +781,64 @@ fn on_registered(inner: &Arc<Inner>, body: &[u8]) {
                 RegState::Abandoned
             };
         }
+        RegState::Active(shared) => {
+            // The answer to the re-registration after a reconnect: take its config if newer.
+            match decoded {
+                Ok(registered) => {
+                    tracing::debug!(
+                        instance_id = %registered.instance_id,
+                        config_version = registered.config.version,
+                        "re-registered after a reconnect"
+                    );
+                    shared.apply_config(registered.config);
+                }
+                Err(e) => tracing::warn!(error = %e, "re-REGISTERED does not validate"),
+            }
+            st.registration = RegState::Active(shared);
+        }
         other => {
             tracing::debug!("ignoring an unexpected REGISTERED");
             st.registration = other;
         }
     }
+}
+
+/// Appends the REGISTER of an active registration to `out` (the frames sent after a
+/// reconnect); nothing when the connection is not registered. Called with `Inner::control`
+/// held (the caller's `st`).
+pub(crate) fn encode_reregister(st: &ControlState, out: &mut bytes::BytesMut) {
+    if let RegState::Active(shared) = &st.registration {
+        if shared.active.load(Ordering::Acquire) {
+            if let Err(e) = encode_control(out, &shared.registration) {
+                tracing::warn!(error = %e, "cannot re-send the registration");
+            }
+        }
+    }
+}
+
+/// The connection dropped and the client reconnects: a registration waiting for its answer
+/// fails with [`Error::Disconnected`] (the server forgets it with the old connection, so
+/// `register` may be called again), and so does every pending discovery. An active
+/// registration stays: the reconnect re-sends it.
+pub(crate) fn on_disconnect(inner: &Inner) {
+    let (pending, discovers) = {
+        let mut st = lock(&inner.control);
+        let pending = match std::mem::take(&mut st.registration) {
+            RegState::Pending(p) => Some(p),
+            // A timed-out attempt's answer will not come: nothing to undo on the new connection.
+            RegState::Abandoned => None,
+            other => {
+                st.registration = other;
+                None
+            }
+        };
+        (pending, std::mem::take(&mut st.discovers))
+    };
+    if let Some(p) = pending {
+        let _ = p.tx.send(Err(Error::Disconnected));
+    }
+    // Dropping the senders fails the waiters (with `Disconnected`: the client is not closed).
+    drop(discovers);
 }
 
 /// Fails everything pending and stops heartbeats. Called once from `Inner::teardown`.

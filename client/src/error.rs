@@ -101,6 +101,9 @@ pub enum Error {
         /// The socket error.
         source: io::Error,
     },
+    /// [`crate::ConnectOptions::connect_servers`] was called with an empty server list.
+    #[error("no server to connect to — give addresses with ConnectOptions::servers")]
+    NoServers,
     /// The TCP connection did not open within the connect timeout.
     #[error("cannot connect to {addr}: no answer within {after:?} — is `agentwire serve` running and reachable?")]
     ConnectTimeout {
@@ -204,6 +207,26 @@ pub enum Error {
     /// server, or a network error); open a new one with [`crate::connect`].
     #[error("the connection is closed")]
     Closed,
+    /// The connection dropped while this operation waited (a request, a flush): the client is
+    /// reconnecting by itself. The operation's effect on the server is unknown; retry it.
+    #[error("the connection dropped while waiting; the client is reconnecting — retry")]
+    Disconnected,
+    /// A publish while the client reconnects did not fit in the reconnect buffer
+    /// ([`crate::ConnectOptions::reconnect_buffer_size`]). Nothing of this publish was kept.
+    #[error("the reconnect buffer is full ({pending} of {limit} bytes) while the client reconnects — retry later or raise reconnect_buffer_size")]
+    ReconnectBufferFull {
+        /// The reconnect buffer size in bytes.
+        limit: usize,
+        /// Bytes already buffered.
+        pending: usize,
+    },
+    /// The client gave up reconnecting after [`crate::ConnectOptions::max_reconnects`] failed
+    /// attempts in a row, and closed.
+    #[error("gave up reconnecting after {attempts} failed attempts; the connection is closed")]
+    ReconnectFailed {
+        /// Failed attempts in a row.
+        attempts: u32,
+    },
     /// [`crate::Client::respond`] was given a message that carries no reply subject.
     #[error("the message on {subject} has no reply subject to respond to")]
     NoReplySubject {
@@ -283,6 +306,10 @@ pub(crate) enum CloseReason {
     Closed,
     /// A fatal ERR from the server.
     Server(ServerError),
+    /// The connection dropped and the client is reconnecting (fails what was in flight).
+    Disconnected,
+    /// Reconnecting failed this many times in a row; the client closed.
+    ReconnectFailed(u32),
 }
 
 impl CloseReason {
@@ -290,6 +317,10 @@ impl CloseReason {
         match self {
             CloseReason::Closed => Error::Closed,
             CloseReason::Server(e) => Error::Server(e.clone()),
+            CloseReason::Disconnected => Error::Disconnected,
+            CloseReason::ReconnectFailed(attempts) => Error::ReconnectFailed {
+                attempts: *attempts,
+            },
         }
     }
 }

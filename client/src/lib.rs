@@ -72,10 +72,12 @@ mod conn;
 mod connect;
 mod control;
 mod error;
+mod events;
 mod headers;
 mod load;
 mod message;
 mod reader;
+mod reconnect;
 mod subject;
 mod subscriber;
 mod writer;
@@ -88,11 +90,13 @@ pub use agentwire_protocol::{ErrorCode, SubjectError};
 pub use bytes::Bytes;
 pub use client::{Client, ServerInfo, Statistics};
 pub use connect::{
-    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_WRITE_BUFFER_LIMIT,
+    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
+    DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
 };
 pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
 pub use error::{Error, HandshakeError, ServerError};
+pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
 pub use headers::{Headers, Iter as HeadersIter};
 pub use load::LoadReporter;
 pub use message::{Message, OutboundMessage};
@@ -138,6 +142,8 @@ mod tests {
         assert_send_sync::<LoadReporter>();
         assert_send_sync::<ConfigSnapshot>();
         assert_send_type::<ConfigWatch>();
+        assert_send_sync::<ConnectionEvents>();
+        assert_send_sync::<ConnectionEvent>();
     }
 
     #[allow(dead_code)]

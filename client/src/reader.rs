@@ -27,12 +27,15 @@ use crate::subject::Subject;
 /// Spare capacity below which the read buffer is grown before the next read.
 const MIN_SPARE: usize = 4096;
 
-/// Runs until EOF, a socket error, a malformed frame or a fatal ERR, then tears down.
+/// Runs until EOF, a socket error, a malformed frame or a fatal ERR. A malformed frame or a
+/// fatal ERR tears down; EOF or a socket error is a dropped connection (of write generation
+/// `generation`), which reconnects when reconnect is on.
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
     read_size: usize,
+    generation: u64,
 ) {
     let max_frame = (inner.info.max_payload as usize)
         .saturating_add(agentwire_protocol::FRAME_OVERHEAD_ALLOWANCE);
@@ -54,7 +57,8 @@ pub(crate) async fn run(
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
                 tracing::debug!("server closed the connection (EOF)");
-                break CloseReason::Closed;
+                inner.connection_lost(Origin::Reader, generation, "EOF".to_owned());
+                return;
             }
             Ok(n) => {
                 inner.reads.fetch_add(1, Ordering::Relaxed);
@@ -62,7 +66,8 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "read failed");
-                break CloseReason::Closed;
+                inner.connection_lost(Origin::Reader, generation, format!("read error: {e}"));
+                return;
             }
         }
     };
@@ -151,6 +156,7 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
             }
             Frame::Err(e) => {
                 let err = ServerError::from_frame(&e);
+                report_server_error(inner, &err);
                 if err.fatal {
                     fatal = Some(err);
                     break;
@@ -195,6 +201,18 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
     match failed {
         Some(e) => Err(e),
         None => Ok(fatal),
+    }
+}
+
+/// Reports an ERR on the connection's event stream.
+fn report_server_error(inner: &Inner, err: &ServerError) {
+    use crate::events::ConnectionEvent;
+    inner.events.emit(ConnectionEvent::ServerError {
+        code: err.code,
+        message: err.message.clone(),
+    });
+    if err.error_code() == Some(agentwire_protocol::ErrorCode::SlowConsumer) {
+        inner.events.emit(ConnectionEvent::SlowConsumer);
     }
 }
 

@@ -151,9 +151,9 @@ impl Subscriber {
         }
         let server_limit = u32::try_from(limit).ok();
         entry.server_limited = server_limit.is_some();
-        drop(subs);
+        // Queued under `subs`: while reconnecting, the re-subscribe sends the limit instead.
         match server_limit {
-            Some(max) => inner.enqueue_control(|b| {
+            Some(max) => inner.enqueue_control_connected(|b| {
                 encode_unsub(b, sid, max);
                 Ok(())
             }),

@@ -27,12 +27,14 @@ enum Step {
 
 /// Runs until a graceful close has written everything, the connection is torn down, or a write
 /// fails.
-pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
+///
+/// Stops, without touching the buffer, once connection `generation` has dropped.
+pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf, generation: u64) {
     let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
     loop {
         let step = {
             let mut w = inner.write.lock();
-            if w.closed {
+            if w.closed || w.disconnected || w.generation != generation {
                 Step::Stop
             } else if !w.buf.is_empty() {
                 std::mem::swap(&mut w.buf, &mut out);
@@ -55,7 +57,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf) {
             Step::Write => {
                 if let Err(e) = wr.write_all(&out).await {
                     tracing::debug!(error = %e, "write failed");
-                    inner.teardown(CloseReason::Closed, Origin::Writer);
+                    inner.connection_lost(Origin::Writer, generation, format!("write error: {e}"));
                     return;
                 }
                 inner.writes.fetch_add(1, Ordering::Relaxed);

@@ -622,7 +622,14 @@ async fn request_without_subscribers_fails_fast_with_no_responders() {
 #[tokio::test]
 async fn server_close_fails_pending_ops_and_ends_streams() {
     let mut server = FakeServer::start(Config::default()).await;
-    let (client, conn) = connect(&mut server).await;
+    // Reconnect off: the drop closes the client (with it on, see `tests/reconnect.rs`).
+    let client = ConnectOptions::new()
+        .name("test-client")
+        .reconnect(false)
+        .connect(&server.addr)
+        .await
+        .expect("connect to the fake server");
+    let conn = server.next_conn().await;
     let mut sub = client.subscribe("s").await.expect("subscribe");
     let _silent = client.subscribe("svc.silent").await.expect("subscribe");
     client.flush().await.expect("flush");

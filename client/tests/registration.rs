@@ -389,7 +389,17 @@ async fn concurrent_register_calls_send_one_registration() {
 
 #[tokio::test]
 async fn closing_fails_a_pending_registration_at_once() {
-    let (client, conn) = start(None, Duration::from_secs(60)).await;
+    let mut server = FakeServer::start(Config::default()).await;
+    // Reconnect off: the drop closes the client (with it on, the registration fails with
+    // `Disconnected`; see `tests/reconnect.rs`).
+    let client = ConnectOptions::new()
+        .name("registration-test")
+        .request_timeout(Duration::from_secs(60))
+        .reconnect(false)
+        .connect(&server.addr)
+        .await
+        .expect("connect to the fake server");
+    let conn = server.next_conn().await;
     let pending = tokio::spawn({
         let client = client.clone();
         async move { client.register(registration("planner-0")).await }

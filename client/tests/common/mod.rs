@@ -193,16 +193,21 @@ impl Conn {
 pub struct FakeServer {
     pub addr: String,
     pub conns: mpsc::UnboundedReceiver<Conn>,
+    /// The accept loop (owns the listener).
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl FakeServer {
     pub async fn start(cfg: Config) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        FakeServer::start_on("127.0.0.1:0", cfg).await
+    }
+
+    /// Starts on a given address (e.g. the address of a server stopped before: a restart).
+    pub async fn start_on(addr: &str, cfg: Config) -> FakeServer {
+        let listener = TcpListener::bind(addr).await.expect("bind loopback");
         let addr = listener.local_addr().expect("bound address").to_string();
         let (tx, conns) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let log = Arc::new(Log::default());
                 let (cmd, cmds) = mpsc::unbounded_channel();
@@ -212,7 +217,19 @@ impl FakeServer {
                 }
             }
         });
-        FakeServer { addr, conns }
+        FakeServer {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Stops accepting and releases the port (connections already accepted stay until closed
+    /// with `Cmd::Close`).
+    pub async fn stop(self) -> String {
+        self.accept.abort();
+        let _ = self.accept.await;
+        self.addr
     }
 
     pub async fn next_conn(&mut self) -> Conn {
