@@ -392,23 +392,8 @@ fn acknowledged_config_versions_survive_kill_9() {
         free_addr().port()
     ));
     let start = |data_dir: &std::path::Path| {
-        let addr = free_addr();
         let admin = free_addr();
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &addr.to_string()])
-            .args(["--admin", &admin.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agentwire serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(admin).is_err() {
-            assert!(Instant::now() < deadline, "admin API did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (child, admin)
+        (serve_on(free_addr(), Some(admin), data_dir), admin)
     };
     let (mut child, admin) = start(&data_dir);
     // PUTs from a thread, acknowledged versions recorded; the broker is killed mid-loop.
@@ -452,9 +437,18 @@ fn acknowledged_config_versions_survive_kill_9() {
     assert_eq!(v["values"]["n"], got.to_string());
 }
 
-fn serve_on(addr: SocketAddr, data_dir: &std::path::Path) -> Child {
+/// Starts `agentwire serve` on `addr` (admin API on `admin`, or off) and waits until both
+/// answer.
+fn serve_on(addr: SocketAddr, admin: Option<SocketAddr>, data_dir: &std::path::Path) -> Child {
+    let admin_arg = admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
     let child = Command::new(BIN)
-        .args(["serve", "--listen", &addr.to_string(), "--admin", "off"])
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            &admin_arg,
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::null())
@@ -462,7 +456,8 @@ fn serve_on(addr: SocketAddr, data_dir: &std::path::Path) -> Child {
         .spawn()
         .expect("spawn agentwire serve");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
+    while TcpStream::connect(addr).is_err() || admin.is_some_and(|a| TcpStream::connect(a).is_err())
+    {
         assert!(Instant::now() < deadline, "broker did not start on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -473,7 +468,7 @@ fn serve_on(addr: SocketAddr, data_dir: &std::path::Path) -> Child {
 fn clients_ride_through_kill_9_and_restart() {
     let addr = free_addr();
     let dir = std::env::temp_dir().join(format!("agentwire-kill9-reconnect-{}", addr.port()));
-    let mut broker = serve_on(addr, &dir);
+    let mut broker = serve_on(addr, None, &dir);
     // The CLI subscriber and a library subscriber + publisher.
     let mut cli_sub = Command::new(BIN)
         .args(["sub", "ride.>", "--server", &addr.to_string()])
@@ -538,7 +533,7 @@ fn clients_ride_through_kill_9_and_restart() {
             .await
             .expect("buffered publish");
     });
-    let mut broker = serve_on(addr, &dir);
+    let mut broker = serve_on(addr, None, &dir);
     rt.block_on(async {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await

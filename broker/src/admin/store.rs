@@ -628,17 +628,7 @@ impl ConfigStore {
         what: &str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock();
-        let run = |conn: &mut Connection| -> Result<T, Failure> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        };
-        run(&mut conn).map_err(|e| match e {
-            Failure::Store(e) => e,
-            Failure::Sql(e) => map_sql(&self.location, what, &e),
-        })
+        self.transaction(TransactionBehavior::Immediate, what, f)
     }
 
     /// Runs `f` in one read (deferred) transaction, so multi-query reads are consistent.
@@ -647,9 +637,18 @@ impl ConfigStore {
         what: &str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
+        self.transaction(TransactionBehavior::Deferred, what, f)
+    }
+
+    fn transaction<T>(
+        &self,
+        behavior: TransactionBehavior,
+        what: &str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.lock();
         let run = |conn: &mut Connection| -> Result<T, Failure> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let tx = conn.transaction_with_behavior(behavior)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)

@@ -292,6 +292,19 @@ fn print_config(v: &Value) {
     }
 }
 
+/// A config change (set or rollback): sends it and prints the new version.
+fn write_config(t: &AdminTarget, method: &str, path: String, body: Value) -> ExitCode {
+    finish((|| {
+        let v = call(method, t, &path, Some(body))?;
+        if t.json {
+            print_json(&v);
+        } else {
+            print_config(&v);
+        }
+        Ok(())
+    })())
+}
+
 /// `agentwire config ...`.
 pub(crate) fn config(a: ConfigArgs) -> ExitCode {
     match a.cmd {
@@ -346,20 +359,12 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
             if let Some(e) = expected_version {
                 body["expected_version"] = Value::from(e);
             }
-            finish((|| {
-                let v = call(
-                    "PUT",
-                    &t,
-                    &format!("/api/v1/config/components/{}", enc(&component)),
-                    Some(body),
-                )?;
-                if t.json {
-                    print_json(&v);
-                } else {
-                    print_config(&v);
-                }
-                Ok(())
-            })())
+            write_config(
+                &t,
+                "PUT",
+                format!("/api/v1/config/components/{}", enc(&component)),
+                body,
+            )
         }
         ConfigCmd::History {
             component,
@@ -419,20 +424,12 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
             if let Some(e) = expected_version {
                 body["expected_version"] = Value::from(e);
             }
-            finish((|| {
-                let v = call(
-                    "POST",
-                    &t,
-                    &format!("/api/v1/config/components/{}/rollback", enc(&component)),
-                    Some(body),
-                )?;
-                if t.json {
-                    print_json(&v);
-                } else {
-                    print_config(&v);
-                }
-                Ok(())
-            })())
+            write_config(
+                &t,
+                "POST",
+                format!("/api/v1/config/components/{}/rollback", enc(&component)),
+                body,
+            )
         }
     }
 }
