@@ -150,3 +150,49 @@ fn drain_and_sigusr2_end_in_exit_zero() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moves_to_the_next_server_on_lame_duck() {
+    let mut cfg = common::config(1);
+    cfg.lameduck_window_ms = 5_000;
+    let a = common::start(cfg);
+    let b = common::start(common::config(1));
+    let client = agentwire_client::ConnectOptions::new()
+        .servers([a.local_addr().to_string(), b.local_addr().to_string()])
+        .reconnect_delay(Duration::from_millis(10), Duration::from_millis(100))
+        .connect_servers()
+        .await
+        .expect("connect to A");
+    let mut events = client.events();
+    let mut sub = client.subscribe("moved.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let t0 = Instant::now();
+    a.lame_duck();
+    // Reconnected to B well before A's 5 s window would have closed it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("reconnected before A's window ends")
+            .expect("events open");
+        if let agentwire_client::ConnectionEvent::Reconnected { addr, .. } = ev {
+            assert_eq!(addr, b.local_addr().to_string());
+            break;
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    // The subscription moved with it: a message published on B arrives.
+    let other = agentwire_client::connect(&b.local_addr().to_string())
+        .await
+        .expect("connect to B");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        other.publish("moved.here", "hi").await.expect("publish");
+        other.flush().await.expect("flush");
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no message on B");
+    };
+    assert_eq!(&*m.subject, "moved.here");
+}

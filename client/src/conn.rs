@@ -160,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) draining: AtomicBool,
     /// Set once teardown has failed everything pending; `done` is notified then.
     pub(crate) torn_down: AtomicBool,
+    /// The server sent LAMEDUCK on the current connection: move to the next server.
+    pub(crate) lame_duck: AtomicBool,
     pub(crate) done: Notify,
     pub(crate) close_reason: OnceLock<CloseReason>,
     pub(crate) last_error: Mutex<Option<ServerError>>,
@@ -205,6 +207,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
+            lame_duck: AtomicBool::new(false),
             done: Notify::new(),
             close_reason: OnceLock::new(),
             last_error: Mutex::new(None),

@@ -54,6 +54,13 @@ pub(crate) async fn run(
         if buf.capacity() - buf.len() < MIN_SPARE {
             buf.reserve(read_size);
         }
+        // LAMEDUCK: the server is going away; with reconnect on, move to the next server of
+        // the list now instead of waiting to be closed (without it, the server's close ends us).
+        if inner.reconnect.is_some() && inner.lame_duck.swap(false, Ordering::AcqRel) {
+            tracing::info!("server in lame duck: moving to the next server");
+            inner.connection_lost(Origin::Reader, generation, "server in lame duck".to_owned());
+            return;
+        }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
                 tracing::debug!("server closed the connection (EOF)");
@@ -167,6 +174,9 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
                     tracing::warn!(error = %err, "server error");
                 }
                 *lock(&inner.last_error) = Some(err);
+            }
+            Frame::Unknown { op, .. } if op == agentwire_protocol::op::LAMEDUCK => {
+                inner.lame_duck.store(true, Ordering::Release);
             }
             Frame::Unknown { op, body, .. } => crate::control::on_frame(inner, op, body),
             Frame::Info(_) => {}
