@@ -127,6 +127,39 @@ impl std::str::FromStr for RoutingPolicy {
     }
 }
 
+/// What an admin token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Reads (GET).
+    Viewer,
+    /// Reads and writes: config changes, rollback, optimize, lame duck.
+    Operator,
+}
+
+/// A bearer token of the admin API.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it (named in refusals).
+    pub name: String,
+    /// The secret, sent as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// What it may do.
+    pub role: AdminRole,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
 /// The admin plane: registry, config center, metrics and the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +181,11 @@ pub struct AdminConfig {
     pub metrics_sample_ms: u64,
     /// Age after which stored samples are deleted, seconds (default 30 days).
     pub metrics_retention_s: u64,
+    /// Bearer tokens of the HTTP API; none: the API is open (then it must listen on loopback,
+    /// unless `insecure`).
+    pub tokens: Vec<AdminToken>,
+    /// Allow an open API (no tokens) on a non-loopback address.
+    pub insecure: bool,
 }
 
 impl Default for AdminConfig {
@@ -161,6 +199,8 @@ impl Default for AdminConfig {
             routing: RoutingPolicy::Load,
             metrics_sample_ms: 10_000,
             metrics_retention_s: 30 * 24 * 3600,
+            tokens: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -314,6 +354,22 @@ impl Config {
         if a.metrics_retention_s == 0 {
             return bad("admin.metrics_retention_s must be at least 1");
         }
+        if let Some(l) = a.listen {
+            if !l.ip().is_loopback() && a.tokens.is_empty() && !a.insecure {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to serve the admin API on {l}, a non-loopback address, with no admin \
+                     token: add [[admin.tokens]] to the config file, or pass --insecure-admin"
+                )));
+            }
+        }
+        for t in &a.tokens {
+            if t.token.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "admin token {:?} is shorter than 16 characters",
+                    t.name
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -343,6 +399,36 @@ mod tests {
         assert!(e.to_string().contains("shardz"), "{e}");
         let e = toml::from_str::<Config>("[limits]\nmax_pendng = 3\n").expect_err("unknown key");
         assert!(e.to_string().contains("max_pendng"), "{e}");
+    }
+
+    #[test]
+    fn admin_on_a_public_address_needs_a_token() {
+        let mut c = Config::default();
+        c.admin.listen = Some("0.0.0.0:8480".parse().expect("addr"));
+        let e = c
+            .validate()
+            .expect_err("open admin API on a public address");
+        assert!(e.to_string().contains("--insecure-admin"), "{e}");
+        c.admin.insecure = true;
+        c.validate().expect("explicitly insecure");
+        c.admin.insecure = false;
+        c.admin.tokens.push(AdminToken {
+            name: "ops".into(),
+            token: "0123456789abcdef-secret".into(),
+            role: AdminRole::Operator,
+        });
+        c.validate().expect("with a token");
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "tokens are never printed"
+        );
+        c.admin.tokens[0].token = "short".into();
+        assert!(c.validate().is_err());
+        let parsed: Config = toml::from_str(
+            "[admin]\n[[admin.tokens]]\nname = \"v\"\ntoken = \"0123456789abcdef\"\nrole = \"viewer\"\n",
+        )
+        .expect("tokens parse");
+        assert_eq!(parsed.admin.tokens[0].role, AdminRole::Viewer);
     }
 
     #[test]

@@ -644,3 +644,73 @@ async fn metrics_samples_are_stored_and_read_back_with_since() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_and_roles() {
+    use agentwire_broker::config::{AdminRole, AdminToken};
+    let mut cfg = admin_config(None);
+    cfg.admin.tokens = vec![
+        AdminToken {
+            name: "watcher".into(),
+            token: "viewer-token-0123456789".into(),
+            role: AdminRole::Viewer,
+        },
+        AdminToken {
+            name: "ops".into(),
+            token: "operator-token-0123456789".into(),
+            role: AdminRole::Operator,
+        },
+    ];
+    let h = common::start(cfg);
+    let addr = h.admin_addr().expect("admin");
+    let call = move |method: &'static str, path: &'static str, token: Option<&'static str>| {
+        tokio::task::spawn_blocking(move || {
+            let mut req = ureq::request(method, &format!("http://{addr}{path}"))
+                .set("Content-Type", "application/json");
+            if let Some(t) = token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            let body = json!({"values": {"k": "v"}, "create": true}).to_string();
+            let r = if method == "GET" {
+                req.call()
+            } else {
+                req.send_string(&body)
+            };
+            match r {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(code, _)) => code,
+                Err(e) => panic!("{e}"),
+            }
+        })
+    };
+    let status = "/api/v1/system/status";
+    let put = "/api/v1/config/components/guarded";
+    assert_eq!(call("GET", status, None).await.expect("task"), 401);
+    assert_eq!(
+        call("GET", status, Some("not-a-token-at-all"))
+            .await
+            .expect("task"),
+        401
+    );
+    assert_eq!(
+        call("GET", status, Some("viewer-token-0123456789"))
+            .await
+            .expect("task"),
+        200
+    );
+    assert_eq!(
+        call("PUT", put, Some("viewer-token-0123456789"))
+            .await
+            .expect("task"),
+        403
+    );
+    assert_eq!(
+        call("PUT", put, Some("operator-token-0123456789"))
+            .await
+            .expect("task"),
+        200
+    );
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(call("GET", open, None).await.expect("task"), 200, "{open}");
+    }
+}

@@ -3,14 +3,17 @@
 //! Every error is JSON: `{"error": {"code": "...", "message": "..."}}` with a fitting status
 //! (400 bad input, 404 unknown component or version, 409 stale `expected_version`, 507 disk
 //! full, 503 read-only or failing storage). The OpenAPI document is served at
-//! `/api/v1/openapi.json`. Database work runs on the blocking pool, never on the shards.
+//! `/api/v1/openapi.json`. Database work runs on the blocking pool, never on the shards. With
+//! `[[admin.tokens]]` configured, every endpoint but `/healthz`, `/readyz` and `/metrics` needs a
+//! bearer token: 401 without a known one, 403 for a `viewer` token on a write.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -115,7 +118,61 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(middleware::from_fn_with_state(global.clone(), authorize))
         .with_state(global)
+}
+
+/// Equal-time comparison of two secrets (no early exit on the first differing byte).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Bearer-token check when tokens are configured: `/healthz`, `/readyz` and `/metrics` stay open;
+/// no or an unknown token → 401; a `viewer` token on anything but GET/HEAD → 403.
+async fn authorize(State(g): State<AppState>, req: Request, next: Next) -> Response {
+    let tokens = &g.config().admin.tokens;
+    let path = req.uri().path();
+    if tokens.is_empty() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this admin API needs a bearer token (Authorization: Bearer <token>; CLI --admin-token or AGENTWIRE_ADMIN_TOKEN)",
+        )
+        .into_response();
+    };
+    let Some(t) = tokens
+        .iter()
+        .find(|t| same_secret(t.token.as_bytes(), presented.as_bytes()))
+    else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown admin token",
+        )
+        .into_response();
+    };
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !read && t.role == crate::config::AdminRole::Viewer {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} is a viewer: it may read, not change", t.name),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Serves the API on `listener` until `stop`.

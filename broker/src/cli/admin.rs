@@ -23,6 +23,9 @@ pub(crate) struct AdminTarget {
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Bearer token for an admin API with `[[admin.tokens]]`.
+    #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// `agentwire components [NAME]`.
@@ -131,7 +134,10 @@ fn call(method: &str, t: &AdminTarget, path: &str, body: Option<Value>) -> Resul
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
         .build();
-    let req = agent.request(method, &url);
+    let mut req = agent.request(method, &url);
+    if let Some(tok) = &t.admin_token {
+        req = req.set("Authorization", &format!("Bearer {tok}"));
+    }
     let r = match body {
         Some(b) => req.send_json(b),
         None => req.call(),

@@ -46,6 +46,9 @@ pub(crate) struct ServeArgs {
     /// Queue-group member choice: `load` or `round-robin` [default: load].
     #[arg(long)]
     routing: Option<agentwire_broker::config::RoutingPolicy>,
+    /// Serve the admin API on a non-loopback address with no admin token (not recommended).
+    #[arg(long)]
+    insecure_admin: bool,
     /// Lame duck: clients are closed over this many ms [default: 10000].
     #[arg(long)]
     lameduck_window_ms: Option<u64>,
@@ -105,6 +108,9 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(r) = a.routing {
         cfg.admin.routing = r;
+    }
+    if a.insecure_admin {
+        cfg.admin.insecure = true;
     }
     if let Some(w) = a.lameduck_window_ms {
         cfg.lameduck_window_ms = w;
