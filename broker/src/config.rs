@@ -141,7 +141,8 @@ pub enum AdminRole {
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminToken {
-    /// Who holds it (named in refusals).
+    /// Who holds it (named in refusals, and recorded as `updated_by` of the config changes
+    /// made with it).
     pub name: String,
     /// The secret, sent as `Authorization: Bearer <token>`.
     pub token: String,

@@ -670,7 +670,8 @@ async fn admin_tokens_and_roles() {
             if let Some(t) = token {
                 req = req.set("Authorization", &format!("Bearer {t}"));
             }
-            let body = json!({"values": {"k": "v"}, "create": true}).to_string();
+            let body = json!({"values": {"k": "v"}, "create": true, "updated_by": "someone-else"})
+                .to_string();
             let r = if method == "GET" {
                 req.call()
             } else {
@@ -710,6 +711,19 @@ async fn admin_tokens_and_roles() {
             .expect("task"),
         200
     );
+    // The change is recorded under the token's name, whatever the body claims.
+    let who = tokio::task::spawn_blocking(move || {
+        let v: Value = ureq::get(&format!("http://{addr}{put}"))
+            .set("Authorization", "Bearer viewer-token-0123456789")
+            .call()
+            .expect("GET config")
+            .into_json()
+            .expect("json");
+        v["updated_by"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("task");
+    assert_eq!(who.as_deref(), Some("ops"));
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(call("GET", open, None).await.expect("task"), 200, "{open}");
     }

@@ -16,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -129,7 +129,11 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Bearer-token check when tokens are configured: `/healthz`, `/readyz` and `/metrics` stay open;
 /// no or an unknown token → 401; a `viewer` token on anything but GET/HEAD → 403.
-async fn authorize(State(g): State<AppState>, req: Request, next: Next) -> Response {
+/// The admin token a request was authorized with (its `name`), for `updated_by`.
+#[derive(Debug, Clone)]
+struct TokenName(String);
+
+async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> Response {
     let tokens = &g.config().admin.tokens;
     let path = req.uri().path();
     if tokens.is_empty() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
@@ -172,6 +176,7 @@ async fn authorize(State(g): State<AppState>, req: Request, next: Next) -> Respo
         )
         .into_response();
     }
+    req.extensions_mut().insert(TokenName(t.name.clone()));
     next.run(req).await
 }
 
@@ -439,7 +444,12 @@ struct PutBody {
     updated_by: Option<String>,
 }
 
-fn who(headers: &HeaderMap, body: Option<String>) -> String {
+/// Who makes a change: the admin token's name when tokens are in use (not something the
+/// caller can choose), else the body's `updated_by`, the `X-Agentwire-User` header, or "api".
+fn who(headers: &HeaderMap, token: Option<&TokenName>, body: Option<String>) -> String {
+    if let Some(t) = token {
+        return t.0.clone();
+    }
     body.or_else(|| {
         headers
             .get("x-agentwire-user")
@@ -453,11 +463,12 @@ async fn config_put(
     State(g): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
     body: Result<Json<PutBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b = json_body(body)?;
     let env = env_or_default(b.environment);
-    let by = who(&headers, b.updated_by);
+    let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
     let changes: Changes = b.values;
     let create = b.create;
     let expected = b.expected_version;
@@ -493,11 +504,12 @@ async fn config_rollback(
     State(g): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
     body: Result<Json<RollbackBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b = json_body(body)?;
     let env = env_or_default(b.environment);
-    let by = who(&headers, b.updated_by);
+    let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
     let snap =
         blocking(move || rollback_config(&*g, &name, &env, b.version, b.expected_version, &by))
             .await?;
