@@ -7,6 +7,7 @@
 //! - `shard` — one thread and event loop per shard; connections, batching, cross-shard queues.
 //! - [`routing`] — the subject trie snapshots, the per-shard match cache, queue groups.
 //! - [`stats`] — counters.
+//! - [`transport`] — the byte stream under a connection (TCP, or a socket pair behind TLS).
 //!
 //! ```no_run
 //! let handle = agentwire_broker::server::start(agentwire_broker::config::Config::default())?;
@@ -22,6 +23,7 @@ pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod transport;
 
 pub use config::{Config, Limits};
 pub use server::{start, start_with_listener, ServerHandle, StartError};

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::shard::{self, Global};
 use crate::stats::StatsSnapshot;
+use crate::transport::Incoming;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +217,7 @@ pub fn start_with_listener(
 fn accept_loop(
     global: Arc<Global>,
     listener: std::net::TcpListener,
-    shards: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    shards: Vec<mpsc::UnboundedSender<Incoming>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -272,7 +273,7 @@ fn accept_loop(
             };
             let i = next % shards.len();
             next = next.wrapping_add(1);
-            if shards[i].send(std_stream).is_err() {
+            if shards[i].send(Incoming::tcp(std_stream)).is_err() {
                 global.conn_count.fetch_sub(1, Ordering::Relaxed);
             }
         }

@@ -18,7 +18,6 @@ use agentwire_protocol::{
 use agentwire_protocol::{ErrorCode, InfoFrame};
 use bytes::{Buf, Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::{bump, Shard, Stash};
@@ -27,6 +26,7 @@ use crate::admin::load::ConnLoad;
 use crate::config::RoutingPolicy;
 use crate::routing::SubTarget;
 use crate::stats::ShardStats;
+use crate::transport::{Incoming, Transport};
 
 /// A consumer that wrote nothing to its socket for this long is "not reading": publishers are
 /// not paced to it, and it runs into `max_pending`.
@@ -91,7 +91,7 @@ pub(crate) struct Conn {
     /// The socket, shared by the reader, the writer and the shard's flush (all on this shard's
     /// thread; every use goes through `&TcpStream` readiness + `try_*` calls, never held across
     /// an await by more than one of them for writing: see [`Conn::write_now`]).
-    pub stream: Rc<TcpStream>,
+    pub stream: Rc<Transport>,
     pub st: RefCell<ConnState>,
     /// Wakes the writer (new output, or closing).
     pub wake_writer: Notify,
@@ -116,7 +116,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(id: u64, stream: Rc<TcpStream>) -> Conn {
+    fn new(id: u64, stream: Rc<Transport>) -> Conn {
         Conn {
             id,
             stream,
@@ -326,9 +326,9 @@ struct ReaderState {
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
+pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
     let global = shard.global.clone();
-    let stream = match TcpStream::from_std(stream) {
+    let stream = match Transport::from_std(incoming.stream) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("cannot register connection: {e}");
@@ -338,8 +338,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: std::net::TcpStream) {
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+    let peer = incoming.peer;
     let id = global
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -998,7 +997,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
         };
         conn.drained.notify_waiters();
     }
-    let _ = socket2::SockRef::from(&*conn.stream).shutdown(std::net::Shutdown::Write);
+    conn.stream.shutdown_write();
 }
 
 /// The socket failed for writing: stop deliveries and the reader.

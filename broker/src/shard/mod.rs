@@ -812,7 +812,7 @@ async fn drain(shard: Rc<Shard>) {
 pub(crate) fn run(
     global: Arc<Global>,
     id: u16,
-    mut conns_rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut conns_rx: mpsc::UnboundedReceiver<crate::transport::Incoming>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
