@@ -471,6 +471,8 @@ async fn handshake(
                         features: (features::HEADERS | features::NO_RESPONDERS) & i.features,
                         name: name.as_bytes(),
                         token: b"",
+                        public_key: b"",
+                        signature: b"",
                     },
                 )
                 .expect("the name's length was checked in connect; the token is empty");
