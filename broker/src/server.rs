@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::shard::{self, Global};
 use crate::stats::StatsSnapshot;
 use crate::transport::Incoming;
@@ -42,6 +42,15 @@ pub enum StartError {
     /// The admin plane's database cannot be opened.
     #[error("cannot open the data directory: {0}")]
     Store(#[from] crate::admin::store::StoreError),
+}
+
+/// What [`ServerHandle::reload`] applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Users now configured.
+    pub users: usize,
+    /// Changed settings that apply only after a restart.
+    pub needs_restart: Vec<String>,
 }
 
 /// A running server.
@@ -80,6 +89,53 @@ impl ServerHandle {
     /// waits for the last one.
     pub fn lame_duck(&self) {
         self.global.enter_lame_duck();
+    }
+
+    /// Applies the users and limits of `config` while running (what `SIGHUP` does with the
+    /// config file): connections of removed users are closed with `ERR auth_failed`, changed
+    /// permissions and limits apply at once. Other settings need a restart: they are named in
+    /// the report and left as they are.
+    ///
+    /// # Errors
+    /// `config` does not validate; nothing is changed then.
+    pub fn reload(&self, config: &Config) -> Result<ReloadReport, ConfigError> {
+        config.validate()?;
+        let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
+        log_auth(&auth);
+        let users = config.users.len();
+        self.global.auth.store(Arc::new(auth));
+        self.global.limits.store(Arc::new(config.limits));
+        for s in &self.global.shards {
+            s.send(crate::admin::ShardCmd::Reload);
+        }
+        let old = &self.global.config;
+        let mut needs_restart = Vec::new();
+        if old.listen != config.listen {
+            needs_restart.push("listen".to_owned());
+        }
+        if old.shards != config.shards {
+            needs_restart.push("shards".to_owned());
+        }
+        if old.admin != config.admin {
+            needs_restart.push("admin".to_owned());
+        }
+        if old.read_buffer != config.read_buffer
+            || old.cross_shard_queue != config.cross_shard_queue
+            || old.match_cache != config.match_cache
+        {
+            needs_restart.push("read_buffer/cross_shard_queue/match_cache".to_owned());
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                ?needs_restart,
+                "reload: these settings change only on restart"
+            );
+        }
+        tracing::info!(users, "reloaded users and limits");
+        Ok(ReloadReport {
+            users,
+            needs_restart,
+        })
     }
 
     /// Whether lame duck was entered (by [`ServerHandle::lame_duck`] or the admin API).
@@ -160,9 +216,11 @@ pub fn start_with_listener(
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, StartError> {
     config.validate()?;
+    let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
+    log_auth(&auth);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let global = Arc::new(Global::new(config, new_server_id())?);
+    let global = Arc::new(Global::new(config, new_server_id(), auth)?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
     let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone())?;
@@ -214,6 +272,21 @@ pub fn start_with_listener(
     })
 }
 
+/// Says in the log whether clients must authenticate (never printing a secret).
+fn log_auth(auth: &crate::auth::Auth) {
+    if auth.enabled() {
+        tracing::info!(?auth, "client authentication on");
+        for u in auth.plaintext_users() {
+            tracing::warn!(
+                user = %u,
+                "user has a plaintext token in the config file; prefer token_hash (agentwire hash-token) or public_key"
+            );
+        }
+    } else {
+        tracing::info!("no [[users]] configured: clients are not authenticated (open broker)");
+    }
+}
+
 fn accept_loop(
     global: Arc<Global>,
     listener: std::net::TcpListener,
@@ -253,7 +326,7 @@ fn accept_loop(
                     continue;
                 }
             };
-            let max = global.config.limits.max_connections;
+            let max = global.limits.load().max_connections;
             if global.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
                 global.conn_count.fetch_sub(1, Ordering::Relaxed);
                 global.shards[0]

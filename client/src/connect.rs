@@ -67,6 +67,7 @@ pub struct ConnectOptions {
     reconnect_delay_min: Duration,
     reconnect_delay_max: Duration,
     reconnect_buffer_size: usize,
+    credentials: crate::Credentials,
 }
 
 impl Default for ConnectOptions {
@@ -93,7 +94,22 @@ impl ConnectOptions {
             reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
+            credentials: crate::Credentials::None,
         }
+    }
+
+    /// Authenticates with a token (`[[users]] token` or `token_hash` on the server). Replaces
+    /// credentials set before. Reconnects use it too.
+    pub fn token(mut self, token: impl Into<String>) -> ConnectOptions {
+        self.credentials = crate::Credentials::Token(token.into());
+        self
+    }
+
+    /// Authenticates with `credentials` (a token or an ed25519 key pair, e.g. from
+    /// [`crate::Credentials::from_file`]). Replaces credentials set before.
+    pub fn credentials(mut self, credentials: crate::Credentials) -> ConnectOptions {
+        self.credentials = credentials;
+        self
     }
 
     /// The broker addresses (`host:port`) [`ConnectOptions::connect_servers`] tries, in order;
@@ -314,7 +330,12 @@ impl ConnectOptions {
             addr: addr.to_owned(),
             source,
         })?;
-        let handshake = handshake(&mut stream, &self.name, self.read_buffer_size);
+        let handshake = handshake(
+            &mut stream,
+            &self.name,
+            &self.credentials,
+            self.read_buffer_size,
+        );
         let (info, leftover) = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(done)) => done,
             Ok(Err(source)) => {
@@ -413,7 +434,7 @@ async fn fill(
 
 /// What the handshake does with one decoded frame.
 enum Next {
-    Info(ServerInfo),
+    Info(ServerInfo, Vec<u8>),
     Pong,
     Ping,
     Skip,
@@ -423,6 +444,7 @@ enum Next {
 async fn handshake(
     stream: &mut TcpStream,
     name: &str,
+    credentials: &crate::Credentials,
     read_size: usize,
 ) -> Result<(ServerInfo, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(read_size);
@@ -439,15 +461,18 @@ async fn handshake(
         let expected = if info.is_none() { "INFO" } else { "PONG" };
         let next = match frame {
             Frame::Err(e) => return Err(HandshakeError::Rejected(ServerError::from_frame(&e))),
-            Frame::Info(i) if info.is_none() => Next::Info(ServerInfo {
-                server_id: String::from_utf8_lossy(i.server_id).into_owned(),
-                client_id: i.client_id,
-                shard_id: i.shard_id,
-                shard_count: i.shard_count,
-                max_payload: i.max_payload,
-                version: i.version,
-                features: i.features,
-            }),
+            Frame::Info(i) if info.is_none() => Next::Info(
+                ServerInfo {
+                    server_id: String::from_utf8_lossy(i.server_id).into_owned(),
+                    client_id: i.client_id,
+                    shard_id: i.shard_id,
+                    shard_count: i.shard_count,
+                    max_payload: i.max_payload,
+                    version: i.version,
+                    features: i.features,
+                },
+                i.nonce.to_vec(),
+            ),
             Frame::Pong if info.is_some() => Next::Pong,
             Frame::Ping if info.is_some() => Next::Ping,
             Frame::Info(_) | Frame::Unknown { .. } if info.is_some() => Next::Skip,
@@ -460,9 +485,10 @@ async fn handshake(
         };
         buf.advance(len);
         match next {
-            Next::Info(i) => {
+            Next::Info(i, nonce) => {
                 max_frame = (i.max_payload as usize).saturating_add(FRAME_OVERHEAD_ALLOWANCE);
-                let mut out = BytesMut::with_capacity(64 + name.len());
+                let (token, public_key, signature) = credentials.hello_fields(&nonce);
+                let mut out = BytesMut::with_capacity(160 + name.len() + token.len());
                 encode_hello(
                     &mut out,
                     &HelloFrame {
@@ -470,12 +496,12 @@ async fn handshake(
                         // Want only what the server offers (PROTOCOL.md, feature bits).
                         features: (features::HEADERS | features::NO_RESPONDERS) & i.features,
                         name: name.as_bytes(),
-                        token: b"",
-                        public_key: b"",
-                        signature: b"",
+                        token: &token,
+                        public_key: &public_key,
+                        signature: &signature,
                     },
                 )
-                .expect("the name's length was checked in connect; the token is empty");
+                .map_err(|e| HandshakeError::Credentials(e.to_string()))?;
                 encode_ping(&mut out);
                 stream.write_all(&out).await.map_err(HandshakeError::Io)?;
                 info = Some(i);

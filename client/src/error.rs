@@ -75,6 +75,9 @@ pub enum HandshakeError {
     /// The server closed the connection before the handshake completed.
     #[error("the server closed the connection during the handshake")]
     ClosedByServer,
+    /// The credentials cannot be sent (e.g. a token longer than 65,535 bytes).
+    #[error("cannot send the credentials: {0}")]
+    Credentials(String),
     /// The server sent bytes that are not a valid frame.
     #[error("the server sent a malformed frame: {0} — is this an agentwire server?")]
     Protocol(DecodeError),

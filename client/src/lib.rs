@@ -71,6 +71,7 @@ mod client;
 mod conn;
 mod connect;
 mod control;
+mod credentials;
 mod error;
 mod events;
 mod headers;
@@ -95,6 +96,7 @@ pub use connect::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
 };
 pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
+pub use credentials::{Credentials, CredentialsError};
 pub use error::{Error, HandshakeError, ServerError};
 pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
 pub use headers::{Headers, Iter as HeadersIter};

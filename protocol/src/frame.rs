@@ -93,6 +93,23 @@ pub mod flags {
     pub const HELLO_AUTH_EXT: u8 = 0x01;
 }
 
+/// The subject and reply subject of a complete, well-formed PUB frame (`None` when it is not
+/// one). Cheap: reads two lengths, no full parse.
+pub fn pub_subject_and_reply(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    if frame.len() < PUB_FIXED || frame[4] != op::PUB {
+        return None;
+    }
+    let sl = u16_at(frame, 6) as usize;
+    let rl = u16_at(frame, 8) as usize;
+    let subject = frame.get(PUB_FIXED..PUB_FIXED + sl)?;
+    let reply = frame.get(PUB_FIXED + sl..PUB_FIXED + sl + rl)?;
+    Some((subject, reply))
+}
+
+/// What an ed25519 client signs: this prefix, then the INFO nonce (PROTOCOL.md §2,
+/// Authentication). The prefix keeps the signature from meaning anything elsewhere.
+pub const AUTH_SIGN_PREFIX: &[u8] = b"agentwire-auth-v1:";
+
 /// Feature bits exchanged in HELLO and INFO.
 pub mod features {
     /// Message headers are understood.

@@ -164,6 +164,10 @@ pub enum ShardCmd {
         /// The frame.
         frame: Bytes,
     },
+    /// The users or limits were reloaded: re-check every connection against
+    /// [`crate::shard::Global::auth`] (removed users are closed, changed rules apply at once)
+    /// and take the new limits.
+    Reload,
     /// A message from the broker itself: deliver to the shard's matching subscribers.
     Publish {
         /// Literal subject.

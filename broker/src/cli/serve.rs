@@ -1,7 +1,8 @@
 //! `agentwire serve`: loads the configuration (defaults, then `--config FILE`, then flags),
 //! starts the broker and runs until SIGTERM or SIGINT, then shuts down cleanly (exit 0). SIGUSR2
 //! (or the admin API's lame duck) stops accepting, moves clients away over the lame-duck window,
-//! then exits 0.
+//! then exits 0. SIGHUP re-reads the config file and applies its `[[users]]` and `[limits]`
+//! without a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -196,10 +197,11 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::user_defined2())?,
+                signal(SignalKind::hangup())?,
             ))
         })()
     };
-    let (mut term, mut int, mut usr2) = match signals {
+    let (mut term, mut int, mut usr2, mut hup) = match signals {
         Ok(s) => s,
         Err(e) => {
             eprintln!("agentwire serve: cannot install signal handlers: {e}");
@@ -225,6 +227,16 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
                 _ = usr2.recv() => {
                     tracing::info!("SIGUSR2 received: entering lame duck");
                     handle.lame_duck();
+                }
+                _ = hup.recv() => {
+                    // Re-read the file (flags still win) and apply users and limits.
+                    match build_config(&a) {
+                        Ok(cfg) => match handle.reload(&cfg) {
+                            Ok(r) => tracing::info!(users = r.users, "SIGHUP: configuration reloaded"),
+                            Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+                        },
+                        Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+                    }
                 }
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             }

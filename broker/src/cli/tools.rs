@@ -23,6 +23,8 @@ pub(crate) struct PubArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    auth: AuthFlags,
 }
 
 /// `agentwire sub SUBJECT`.
@@ -42,6 +44,8 @@ pub(crate) struct SubArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    auth: AuthFlags,
 }
 
 /// `agentwire req SUBJECT DATA`.
@@ -57,6 +61,8 @@ pub(crate) struct ReqArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    auth: AuthFlags,
 }
 
 /// `agentwire reply SUBJECT`.
@@ -73,6 +79,37 @@ pub(crate) struct ReplyArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    auth: AuthFlags,
+}
+
+/// How the tool authenticates (needed when the broker has `[[users]]`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuthFlags {
+    /// Token of a `[[users]]` entry.
+    #[arg(
+        long,
+        env = "AGENTWIRE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "creds"
+    )]
+    token: Option<String>,
+    /// Credentials file of an ed25519 user (written by `agentwire keygen`).
+    #[arg(long, env = "AGENTWIRE_CREDS")]
+    creds: Option<std::path::PathBuf>,
+}
+
+impl AuthFlags {
+    /// The client credentials these flags name.
+    pub(crate) fn credentials(&self) -> Result<agentwire_client::Credentials, String> {
+        if let Some(t) = &self.token {
+            return Ok(agentwire_client::Credentials::Token(t.clone()));
+        }
+        if let Some(p) = &self.creds {
+            return agentwire_client::Credentials::from_file(p).map_err(|e| e.to_string());
+        }
+        Ok(agentwire_client::Credentials::None)
+    }
 }
 
 /// A failure with the exit code it maps to.
@@ -121,12 +158,20 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn connect(server: &str, name: &str) -> Result<Client, Failure> {
-    Ok(ConnectOptions::new().name(name).connect(server).await?)
+async fn connect(server: &str, auth: &AuthFlags, name: &str) -> Result<Client, Failure> {
+    let credentials = auth.credentials().map_err(|message| Failure {
+        code: EXIT_USAGE,
+        message,
+    })?;
+    Ok(ConnectOptions::new()
+        .name(name)
+        .credentials(credentials)
+        .connect(server)
+        .await?)
 }
 
 async fn publish(a: PubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-pub").await?;
+    let client = connect(&a.server, &a.auth, "agentwire-pub").await?;
     let payload = Bytes::from(a.data.into_bytes());
     for _ in 0..a.count {
         client.publish(&a.subject, payload.clone()).await?;
@@ -175,7 +220,7 @@ fn print_message(
 }
 
 async fn subscribe(a: SubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-sub").await?;
+    let client = connect(&a.server, &a.auth, "agentwire-sub").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,
@@ -210,7 +255,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
 }
 
 async fn request(a: ReqArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-req").await?;
+    let client = connect(&a.server, &a.auth, "agentwire-req").await?;
     let m = client
         .request(
             &a.subject,
@@ -226,7 +271,7 @@ async fn request(a: ReqArgs) -> Result<(), Failure> {
 }
 
 async fn reply(a: ReplyArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-reply").await?;
+    let client = connect(&a.server, &a.auth, "agentwire-reply").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,

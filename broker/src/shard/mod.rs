@@ -131,6 +131,10 @@ pub struct Global {
     pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
     /// Lame duck: set once; the acceptor stops, shards notify and close their clients.
     pub lame: watch::Sender<bool>,
+    /// The client users now (replaced on reload).
+    pub auth: arc_swap::ArcSwap<crate::auth::Auth>,
+    /// The limits now (replaced on reload; shards keep their own copy).
+    pub limits: arc_swap::ArcSwap<crate::config::Limits>,
 }
 
 impl Global {
@@ -141,6 +145,7 @@ impl Global {
     pub fn new(
         config: Config,
         server_id: String,
+        auth: crate::auth::Auth,
     ) -> Result<Global, crate::admin::store::StoreError> {
         let n = config.shard_count();
         let shards = (0..n)
@@ -148,7 +153,6 @@ impl Global {
             .collect();
         let admin = Admin::new(&config)?;
         Ok(Global {
-            config,
             shards,
             routing: RoutingTable::new(),
             server_id,
@@ -157,6 +161,9 @@ impl Global {
             admin,
             loads: parking_lot::RwLock::new(FxHashMap::default()),
             lame: watch::channel(false).0,
+            auth: arc_swap::ArcSwap::from_pointee(auth),
+            limits: arc_swap::ArcSwap::from_pointee(config.limits),
+            config,
         })
     }
 }
@@ -258,6 +265,8 @@ pub use crate::admin::optimize::HOT_SAMPLE;
 /// A shard's own state, living on its thread only.
 pub(crate) struct Shard {
     pub id: u16,
+    /// The limits now (a copy of [`Global::limits`], replaced on reload by this thread).
+    pub limits: RefCell<crate::config::Limits>,
     pub global: Arc<Global>,
     pub handle: Arc<ShardHandle>,
     /// Connections owned by this shard, by id.
@@ -306,6 +315,7 @@ impl Shard {
         let cache = MatchCache::new(global.config.match_cache);
         Shard {
             id,
+            limits: RefCell::new(**global.limits.load()),
             handle,
             conns: RefCell::new(FxHashMap::default()),
             cache: RefCell::new(cache),
@@ -453,7 +463,7 @@ impl Shard {
                 return false;
             }
         };
-        let limits = &self.global.config.limits;
+        let limits = self.limits.borrow();
         let mut st = conn.st.borrow_mut();
         if st.closing {
             bump(&self.counters.dropped, 1);
@@ -470,6 +480,13 @@ impl Shard {
         let done = sub.max != 0 && sub.delivered >= u64::from(sub.max);
         if track {
             conn.track_request();
+        }
+        if conn.tracks_responses.get() {
+            if let Some((_, reply)) = agentwire_protocol::frame::pub_subject_and_reply(frame) {
+                if !reply.is_empty() {
+                    conn.note_request(reply);
+                }
+            }
         }
         let before = st.out.len();
         let was_over_soft = st.pending() > limits.soft_pending();
@@ -581,7 +598,7 @@ impl Shard {
     /// peer shard given messages, publishes the batch counters, and returns the touched
     /// connections that are above the soft pending limit.
     pub fn flush(&self) -> Vec<Rc<Conn>> {
-        let soft = self.global.config.limits.soft_pending();
+        let soft = self.limits.borrow().soft_pending();
         let touched = std::mem::take(&mut *self.touched.borrow_mut());
         let mut congested = Vec::new();
         for c in touched {
@@ -628,7 +645,7 @@ impl Shard {
     /// Past this shard's share of `max_pending_total`, closes the connections with the most
     /// bytes waiting (slow consumers) until under it.
     fn enforce_total(&self) {
-        let limits = &self.global.config.limits;
+        let limits = self.limits.borrow();
         let share = limits.max_pending_total / self.global.shards.len().max(1);
         let mut guard = 0;
         while self.pending_total.get() > share && guard < 64 {
@@ -691,7 +708,7 @@ impl Shard {
     /// Waits while any of `congested` is above the soft limit and still reading (paces the
     /// caller to its consumers; a consumer that stopped reading is not waited for).
     pub async fn pace(&self, congested: Vec<Rc<Conn>>) {
-        let soft = self.global.config.limits.soft_pending();
+        let soft = self.limits.borrow().soft_pending();
         for c in congested {
             for _ in 0..10_000 {
                 if !c.is_congested(soft) {
