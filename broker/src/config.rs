@@ -350,6 +350,15 @@ impl Default for Config {
     }
 }
 
+/// What a reload applied ([`crate::server::ServerHandle::reload`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Users now configured.
+    pub users: usize,
+    /// Changed settings that apply only after a restart.
+    pub needs_restart: Vec<String>,
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

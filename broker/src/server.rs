@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReloadReport};
 use crate::shard::{self, Global};
 use crate::stats::StatsSnapshot;
 use crate::transport::Incoming;
@@ -42,15 +42,6 @@ pub enum StartError {
     /// The admin plane's database cannot be opened.
     #[error("cannot open the data directory: {0}")]
     Store(#[from] crate::admin::store::StoreError),
-}
-
-/// What [`ServerHandle::reload`] applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Users now configured.
-    pub users: usize,
-    /// Changed settings that apply only after a restart.
-    pub needs_restart: Vec<String>,
 }
 
 /// A running server.
@@ -99,43 +90,16 @@ impl ServerHandle {
     /// # Errors
     /// `config` does not validate; nothing is changed then.
     pub fn reload(&self, config: &Config) -> Result<ReloadReport, ConfigError> {
-        config.validate()?;
-        let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
-        log_auth(&auth);
-        let users = config.users.len();
-        self.global.auth.store(Arc::new(auth));
-        self.global.limits.store(Arc::new(config.limits));
-        for s in &self.global.shards {
-            s.send(crate::admin::ShardCmd::Reload);
-        }
-        let old = &self.global.config;
-        let mut needs_restart = Vec::new();
-        if old.listen != config.listen {
-            needs_restart.push("listen".to_owned());
-        }
-        if old.shards != config.shards {
-            needs_restart.push("shards".to_owned());
-        }
-        if old.admin != config.admin {
-            needs_restart.push("admin".to_owned());
-        }
-        if old.read_buffer != config.read_buffer
-            || old.cross_shard_queue != config.cross_shard_queue
-            || old.match_cache != config.match_cache
-        {
-            needs_restart.push("read_buffer/cross_shard_queue/match_cache".to_owned());
-        }
-        if !needs_restart.is_empty() {
-            tracing::warn!(
-                ?needs_restart,
-                "reload: these settings change only on restart"
-            );
-        }
-        tracing::info!(users, "reloaded users and limits");
-        Ok(ReloadReport {
-            users,
-            needs_restart,
-        })
+        self.global.reload(config)
+    }
+
+    /// Where `POST /api/v1/system/reload` (`agentwire reload`) reads the configuration from:
+    /// `agentwire serve` re-reads its config file and flags, as on `SIGHUP`.
+    pub fn set_reload_source(
+        &self,
+        source: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) {
+        *self.global.reload_source.lock() = Some(Box::new(source));
     }
 
     /// Whether lame duck was entered (by [`ServerHandle::lame_duck`] or the admin API).
@@ -273,7 +237,7 @@ pub fn start_with_listener(
 }
 
 /// Says in the log whether clients must authenticate (never printing a secret).
-fn log_auth(auth: &crate::auth::Auth) {
+pub(crate) fn log_auth(auth: &crate::auth::Auth) {
     if auth.enabled() {
         tracing::info!(?auth, "client authentication on");
         for u in auth.plaintext_users() {

@@ -228,6 +228,11 @@ pub trait DataPlane: Send + Sync + 'static {
     fn loads(&self) -> Vec<(u64, Arc<load::ConnLoad>)>;
     /// Enters lame-duck mode.
     fn lame_duck(&self);
+    /// Re-reads the configuration from its source and applies users and limits.
+    ///
+    /// # Errors
+    /// No source, or the configuration does not load or validate (nothing changed).
+    fn reload(&self) -> Result<crate::config::ReloadReport, String>;
 }
 
 /// Publishes a message from the broker itself on `subject` to every matching subscriber.

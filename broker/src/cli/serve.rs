@@ -13,7 +13,7 @@ use agentwire_broker::config::Config;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
 /// Flags of `serve`. Each overrides the config file.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:4800].
     #[arg(long)]
@@ -215,6 +215,10 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    {
+        let source = a.clone();
+        handle.set_reload_source(move || build_config(&source));
+    }
     let window = std::time::Duration::from_millis(
         handle.global().config.lameduck_window_ms + handle.global().config.shutdown_grace_ms,
     );

@@ -111,7 +111,6 @@ impl ShardHandle {
 }
 
 /// State shared by every shard and the acceptor.
-#[derive(Debug)]
 pub struct Global {
     /// The configuration the server started with.
     pub config: Config,
@@ -135,6 +134,19 @@ pub struct Global {
     pub auth: arc_swap::ArcSwap<crate::auth::Auth>,
     /// The limits now (replaced on reload; shards keep their own copy).
     pub limits: arc_swap::ArcSwap<crate::config::Limits>,
+    /// Where a reload from the admin API reads the configuration (set by `agentwire serve`).
+    #[allow(clippy::type_complexity)]
+    pub reload_source:
+        parking_lot::Mutex<Option<Box<dyn Fn() -> Result<Config, String> + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Global")
+            .field("server_id", &self.server_id)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Global {
@@ -163,6 +175,7 @@ impl Global {
             lame: watch::channel(false).0,
             auth: arc_swap::ArcSwap::from_pointee(auth),
             limits: arc_swap::ArcSwap::from_pointee(config.limits),
+            reload_source: parking_lot::Mutex::new(None),
             config,
         })
     }
@@ -182,7 +195,68 @@ impl Global {
     }
 }
 
+impl Global {
+    /// Applies the users and limits of `config` (see [`crate::server::ServerHandle::reload`]).
+    ///
+    /// # Errors
+    /// `config` does not validate; nothing is changed then.
+    pub fn reload(
+        &self,
+        config: &Config,
+    ) -> Result<crate::config::ReloadReport, crate::config::ConfigError> {
+        config.validate()?;
+        let auth = crate::auth::Auth::compile(&config.users)
+            .map_err(crate::config::ConfigError::Invalid)?;
+        crate::server::log_auth(&auth);
+        let users = config.users.len();
+        self.auth.store(Arc::new(auth));
+        self.limits.store(Arc::new(config.limits));
+        for s in &self.shards {
+            s.send(ShardCmd::Reload);
+        }
+        let old = &self.config;
+        let mut needs_restart = Vec::new();
+        let mut changed = |name: &str, differs: bool| {
+            if differs {
+                needs_restart.push(name.to_owned());
+            }
+        };
+        changed("listen", old.listen != config.listen);
+        changed("shards", old.shards != config.shards);
+        changed("admin", old.admin != config.admin);
+        changed("read_buffer", old.read_buffer != config.read_buffer);
+        changed(
+            "cross_shard_queue",
+            old.cross_shard_queue != config.cross_shard_queue,
+        );
+        changed("match_cache", old.match_cache != config.match_cache);
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                ?needs_restart,
+                "reload: these settings change only on restart"
+            );
+        }
+        tracing::info!(users, "reloaded users and limits");
+        Ok(crate::config::ReloadReport {
+            users,
+            needs_restart,
+        })
+    }
+}
+
 impl DataPlane for Global {
+    fn reload(&self) -> Result<crate::config::ReloadReport, String> {
+        let config = {
+            let source = self.reload_source.lock();
+            let Some(f) = source.as_ref() else {
+                return Err(
+                    "this broker has no config source to reload from (started as a library)".into(),
+                );
+            };
+            f()?
+        };
+        Global::reload(self, &config).map_err(|e| e.to_string())
+    }
     fn admin(&self) -> &Admin {
         &self.admin
     }
