@@ -37,6 +37,10 @@ pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
 pub const DEFAULT_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// Default bytes publishes may buffer while the client reconnects (8 MiB).
 pub const DEFAULT_RECONNECT_BUFFER_SIZE: usize = 8 << 20;
+/// Default time with nothing read from the server after which the client PINGs it.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default keepalive PINGs in a row with nothing read back before the connection is stale.
+pub const DEFAULT_MAX_PINGS_OUT: u32 = 2;
 
 /// Options for a connection, as a builder.
 ///
@@ -68,6 +72,9 @@ pub struct ConnectOptions {
     reconnect_delay_max: Duration,
     reconnect_buffer_size: usize,
     credentials: crate::Credentials,
+    pending_limits: crate::pending::PendingLimits,
+    ping_interval: Duration,
+    max_pings_out: u32,
 }
 
 impl Default for ConnectOptions {
@@ -79,7 +86,8 @@ impl Default for ConnectOptions {
 impl ConnectOptions {
     /// Defaults: no name, 5 s connect timeout, 10 s request timeout, 8 MiB write buffer limit,
     /// 64 KiB read chunks, no server list, reconnect on, unlimited reconnect attempts, reconnect
-    /// backoff from 50 ms to 2 s.
+    /// backoff from 50 ms to 2 s, keepalive PINGs after 5 s of silence (stale after 2), and
+    /// subscriptions holding at most 65,536 messages and 64 MiB not yet taken.
     pub fn new() -> ConnectOptions {
         ConnectOptions {
             name: String::new(),
@@ -95,6 +103,9 @@ impl ConnectOptions {
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
             credentials: crate::Credentials::None,
+            pending_limits: crate::pending::PendingLimits::default(),
+            ping_interval: DEFAULT_PING_INTERVAL,
+            max_pings_out: DEFAULT_MAX_PINGS_OUT,
         }
     }
 
@@ -109,6 +120,59 @@ impl ConnectOptions {
     /// [`crate::Credentials::from_file`]). Replaces credentials set before.
     pub fn credentials(mut self, credentials: crate::Credentials) -> ConnectOptions {
         self.credentials = credentials;
+        self
+    }
+
+    /// The default pending limits of this client's subscriptions: the most messages and bytes
+    /// (subject, reply, headers and payload) a subscription holds that its consumer has not
+    /// taken (defaults [`crate::DEFAULT_PENDING_MSGS`] and [`crate::DEFAULT_PENDING_BYTES`];
+    /// each at least 1). Past either, new messages for it are dropped, counted
+    /// ([`crate::Subscriber::dropped`]) and reported
+    /// ([`crate::ConnectionEvent::SlowConsumer`]); memory stays bounded and the connection and
+    /// other subscriptions keep flowing. [`crate::SubscribeOptions::pending_limits`] overrides
+    /// them for one subscription.
+    ///
+    /// ```no_run
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// let client = ConnectOptions::new()
+    ///     .subscription_pending_limits(10_000, 16 << 20)
+    ///     .connect("127.0.0.1:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn subscription_pending_limits(mut self, msgs: usize, bytes: usize) -> ConnectOptions {
+        self.pending_limits = crate::pending::PendingLimits::new(msgs, bytes);
+        self
+    }
+
+    /// Client keepalive: when nothing has been read from the server for this long, the client
+    /// PINGs it; after [`ConnectOptions::max_pings_out`] such PINGs with still nothing read,
+    /// the connection is stale and dropped (reconnecting when on, else the client closes with
+    /// [`Error::StaleConnection`]). Any bytes read count as a sign of life. Default 5 s;
+    /// [`Duration::ZERO`] turns the keepalive off.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// // Notice a half-open connection within about 3 s.
+    /// let client = ConnectOptions::new()
+    ///     .ping_interval(Duration::from_secs(1))
+    ///     .max_pings_out(2)
+    ///     .connect("127.0.0.1:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn ping_interval(mut self, interval: Duration) -> ConnectOptions {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Keepalive PINGs in a row with nothing read back before the connection counts as stale
+    /// (default 2, at least 1); see [`ConnectOptions::ping_interval`].
+    pub fn max_pings_out(mut self, max: u32) -> ConnectOptions {
+        self.max_pings_out = max.max(1);
         self
     }
 
@@ -281,6 +345,9 @@ impl ConnectOptions {
             write_buffer_limit: self.write_buffer_limit,
             stamp_send_time: self.stamp_send_time,
             reconnect_buffer_size: self.reconnect_buffer_size,
+            pending_limits: self.pending_limits,
+            ping_interval: self.ping_interval,
+            max_pings_out: self.max_pings_out,
         };
         let read_size = self.read_buffer_size;
         let reconnect = self
@@ -387,6 +454,7 @@ pub(crate) fn start_tasks(
     let writer = tokio::spawn(writer::run(inner.clone(), wr, generation));
     *lock(&inner.reader_task) = Some(reader.abort_handle());
     *lock(&inner.writer_task) = Some(writer.abort_handle());
+    crate::keepalive::start(inner, generation);
     let stale = {
         let w = inner.write.lock();
         w.closed || w.generation != generation

@@ -75,8 +75,10 @@ mod credentials;
 mod error;
 mod events;
 mod headers;
+mod keepalive;
 mod load;
 mod message;
+mod pending;
 mod reader;
 mod reconnect;
 mod subject;
@@ -91,9 +93,9 @@ pub use agentwire_protocol::{ErrorCode, SubjectError};
 pub use bytes::Bytes;
 pub use client::{Client, ServerInfo, Statistics};
 pub use connect::{
-    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
-    DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
+    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PINGS_OUT, DEFAULT_PING_INTERVAL,
+    DEFAULT_READ_BUFFER_SIZE, DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX,
+    DEFAULT_RECONNECT_DELAY_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
 };
 pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
 pub use credentials::{Credentials, CredentialsError};
@@ -102,6 +104,7 @@ pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
 pub use headers::{Headers, Iter as HeadersIter};
 pub use load::LoadReporter;
 pub use message::{Message, OutboundMessage};
+pub use pending::{SubscribeOptions, DEFAULT_PENDING_BYTES, DEFAULT_PENDING_MSGS};
 pub use subject::Subject;
 pub use subscriber::Subscriber;
 
