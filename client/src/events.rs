@@ -25,9 +25,10 @@ pub enum ConnectionEvent {
         /// The server's address as given.
         addr: String,
     },
-    /// The connection dropped (EOF or a socket error); the client reconnects.
+    /// The connection dropped (EOF, a socket error, or the keepalive found it stale); the
+    /// client reconnects.
     Disconnected {
-        /// What ended it, e.g. `EOF` or the socket error.
+        /// What ended it, e.g. `EOF`, the socket error, or `stale connection: ...`.
         reason: String,
     },
     /// The client reconnected to `addr` after a drop, re-sent its subscriptions (and

@@ -66,6 +66,13 @@
 //! The reader decodes frames from large read chunks and hands out messages whose fields are
 //! slices of those chunks. [`Client::flush`] is a PING answered by a PONG once the server has
 //! read everything sent before it.
+//!
+//! Each subscription buffers at most its pending limits of messages and bytes that its consumer
+//! has not taken ([`ConnectOptions::subscription_pending_limits`], [`SubscribeOptions`]); past
+//! them new messages are dropped ([`Subscriber::dropped`], [`ConnectionEvent::SlowConsumer`])
+//! rather than held in memory or waited for. A keepalive task per connection PINGs a server it
+//! has read nothing from for [`ConnectOptions::ping_interval`] and drops the connection as stale
+//! after [`ConnectOptions::max_pings_out`] PINGs with no answer.
 
 mod client;
 mod conn;
@@ -144,6 +151,7 @@ mod tests {
         assert_send_sync::<Error>();
         assert_send_type::<Subscriber>();
         assert_send_sync::<Membership>();
+        assert_send_sync::<SubscribeOptions>();
         assert_send_sync::<LoadReporter>();
         assert_send_sync::<ConfigSnapshot>();
         assert_send_type::<ConfigWatch>();
@@ -157,6 +165,7 @@ mod tests {
         assert_send(&c.publish_with_headers("a", h, "b"));
         assert_send(&c.request("a", "b", std::time::Duration::from_secs(1)));
         assert_send(&c.subscribe("a"));
+        assert_send(&c.subscribe_with("a", SubscribeOptions::new()));
         assert_send(&c.flush());
         assert_send(&c.drain());
         assert_send(&c.close());
