@@ -211,8 +211,9 @@ fn bad_config_is_a_usage_error() {
 #[test]
 fn sigterm_flushes_and_exits_zero() {
     let mut broker = Broker::start(&["--shards", "2"]);
-    // A subscriber connected over the raw socket sees the shutdown ERR then EOF.
-    let sub = Command::new(BIN)
+    // A subscriber that reconnects by itself is not ended by a broker shutdown (a restart or an
+    // upgrade): it gets ERR server_shutdown and keeps trying.
+    let mut sub = Command::new(BIN)
         .args(["sub", "never", "--server", &broker.addr.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -228,11 +229,13 @@ fn sigterm_flushes_and_exits_zero() {
         .map_while(Result::ok)
         .collect();
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
-    let out = sub
-        .wait_with_output()
-        .expect("sub exits when the broker goes");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sub.try_wait().expect("try_wait").is_none(),
+        "sub keeps running (reconnecting) after the broker's shutdown"
+    );
+    let _ = sub.kill();
+    let _ = sub.wait();
 }
 
 fn admin_tool(args: &[&str], admin: SocketAddr) -> Output {

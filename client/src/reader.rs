@@ -30,8 +30,8 @@ use crate::subject::Subject;
 const MIN_SPARE: usize = 4096;
 
 /// Runs until EOF, a socket error, a malformed frame or a fatal ERR. A malformed frame or a
-/// fatal ERR tears down; EOF or a socket error is a dropped connection (of write generation
-/// `generation`), which reconnects when reconnect is on.
+/// fatal ERR tears down; EOF, a socket error, LAMEDUCK or `ERR server_shutdown` is a dropped
+/// connection (of write generation `generation`), which reconnects when reconnect is on.
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut rd: OwnedReadHalf,
@@ -44,6 +44,21 @@ pub(crate) async fn run(
     let reason = loop {
         match process(&inner, &mut buf, max_frame) {
             Ok(None) => {}
+            Ok(Some(fatal))
+                if inner.reconnect.is_some()
+                    && fatal.code == agentwire_protocol::ErrorCode::ServerShutdown.as_u16() =>
+            {
+                // The server is going away (shutdown, restart, lame duck): not a refusal of
+                // this client, so reconnect like after a dropped connection.
+                tracing::info!(error = %fatal, "server shutting down: reconnecting");
+                inner.lame_duck.store(false, Ordering::Release);
+                inner.connection_lost(
+                    Origin::Reader,
+                    generation,
+                    format!("server shutting down: {}", fatal.message),
+                );
+                return;
+            }
             Ok(Some(fatal)) => {
                 tracing::warn!(error = %fatal, "server closed the connection");
                 break CloseReason::Server(fatal);

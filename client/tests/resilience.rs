@@ -457,3 +457,71 @@ async fn keepalive_can_be_turned_off() {
     assert_eq!(silent.pings.load(Ordering::Relaxed), 0);
     client.close().await.expect("close");
 }
+
+/// A broker that shuts down (ERR server_shutdown) or enters lame duck with no other server in
+/// the list is restarted on the same port: the client reconnects there, its subscription
+/// resumes, and nothing closes it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_and_lame_duck_are_ridden_through_on_the_same_address() {
+    let first = start_broker();
+    let addr = first.local_addr();
+    let client = ConnectOptions::new()
+        .reconnect_delay(Duration::from_millis(20), Duration::from_millis(100))
+        .connect(&addr.to_string())
+        .await
+        .expect("connect");
+    let mut sub = client.subscribe("up.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let restart = move |old: ServerHandle, lame: bool| {
+        if lame {
+            old.lame_duck();
+            assert!(
+                old.wait_drained(Duration::from_secs(15)),
+                "lame duck drains"
+            );
+        }
+        old.shutdown();
+        old.join();
+        let listener = std::net::TcpListener::bind(addr).expect("the same port again");
+        agentwire_broker::start_with_listener(
+            BrokerConfig {
+                listen: addr,
+                shards: 2,
+                ..BrokerConfig::default()
+            },
+            listener,
+        )
+        .expect("restart")
+    };
+    let mut broker = first;
+    for (round, lame) in [(0, false), (1, true)] {
+        broker = tokio::task::spawn_blocking(move || restart(broker, lame))
+            .await
+            .expect("restart task");
+        let publisher = agentwire_client::connect(&addr.to_string())
+            .await
+            .expect("publisher");
+        let subject = format!("up.{round}");
+        let got = tokio::time::timeout(WAIT, async {
+            loop {
+                publisher.publish(&subject, "x").await.expect("publish");
+                publisher.flush().await.expect("flush");
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(100), sub.next()).await
+                {
+                    break m;
+                }
+            }
+        })
+        .await
+        .expect("the subscription resumes on the restarted broker");
+        assert_eq!(&*got.subject, subject);
+        assert!(
+            !client.is_closed(),
+            "round {round}: the client is not closed"
+        );
+        assert!(client.fatal_error().is_none());
+    }
+    broker.shutdown();
+    broker.join();
+}
