@@ -124,7 +124,10 @@ impl BrokerCtl {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(st) = child.try_wait()? {
-                bail!("the broker exited at start ({st}); log: {}", self.log_tail());
+                bail!(
+                    "the broker exited at start ({st}); log: {}",
+                    self.log_tail()
+                );
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_ok() {
                 break;

@@ -26,8 +26,8 @@ use crate::load::{err_kind, subscriber};
 use crate::proxy::{FaultProxy, Mode};
 use crate::raw::{header, Got, Raw};
 use crate::track::{
-    encode_payload, lock, now_us, FaultKind, Group, Ledger, SubAcc, Window, FAILED,
-    POST_MARGIN_US, PRE_MARGIN_US,
+    encode_payload, lock, now_us, FaultKind, Group, Ledger, SubAcc, Window, FAILED, POST_MARGIN_US,
+    PRE_MARGIN_US,
 };
 
 /// The first slot starts this long after the traffic.
@@ -163,12 +163,7 @@ impl Ctx {
             Err(e) => {
                 self.ledger
                     .client_error(format!("injector {}: {e:#}", kind.name()));
-                (
-                    Vec::new(),
-                    0,
-                    0,
-                    json!({ "error": format!("{e:#}") }),
-                )
+                (Vec::new(), 0, 0, json!({ "error": format!("{e:#}") }))
             }
         };
         let healed = detail
@@ -332,7 +327,13 @@ impl Ctx {
         let ledger = &self.ledger;
         let by = self
             .fleet
-            .connect(&self.settings, &addr, "soak-bystander", Group::Direct, ledger)
+            .connect(
+                &self.settings,
+                &addr,
+                "soak-bystander",
+                Group::Direct,
+                ledger,
+            )
             .await?;
         let bulk = self
             .fleet
@@ -392,7 +393,9 @@ impl Ctx {
         while Instant::now() < deadline && raw.bytes_read < 1 << 30 {
             match raw.next(deadline).await {
                 Got::Msg => msgs += 1,
-                Got::Err(c) => err = Some(ErrorCode::from_u16(c).map_or("unknown", ErrorCode::name)),
+                Got::Err(c) => {
+                    err = Some(ErrorCode::from_u16(c).map_or("unknown", ErrorCode::name))
+                }
                 Got::Closed => {
                     end = "closed";
                     break;
@@ -410,7 +413,9 @@ impl Ctx {
             let _ = m.client.close().await;
         }
         let published = log.published();
-        let cut = cut_after.is_some() || err == Some("slow_consumer") || (end == "closed" && msgs < published);
+        let cut = cut_after.is_some()
+            || err == Some("slow_consumer")
+            || (end == "closed" && msgs < published);
         if !cut {
             ledger.client_error("slow: the slow consumer was not cut".to_owned());
         }
@@ -624,9 +629,11 @@ async fn garbage_one(addr: SocketAddr, v: usize) -> Result<(String, Vec<String>)
     let mut pong = false;
     let end = loop {
         match raw.next(deadline).await {
-            Got::Err(c) => {
-                codes.push(ErrorCode::from_u16(c).map_or("unknown", ErrorCode::name).to_owned())
-            }
+            Got::Err(c) => codes.push(
+                ErrorCode::from_u16(c)
+                    .map_or("unknown", ErrorCode::name)
+                    .to_owned(),
+            ),
             Got::Pong => {
                 // The connection survived the bad frame: done.
                 pong = true;
@@ -655,23 +662,36 @@ mod tests {
 
     #[test]
     fn schedule_puts_a_kill_in_the_middle_with_scale() {
-        let faults = FaultKind::parse_list("kill,slow,garbage,storm,partition,scale")
-            .expect("valid list");
+        let faults =
+            FaultKind::parse_list("kill,slow,garbage,storm,partition,scale").expect("valid list");
         let s = schedule(&faults, Duration::from_secs(60), Duration::from_secs(8));
         assert_eq!(s.len(), 6);
         assert_eq!(s[0].0, LEAD);
         let mid = s
             .iter()
-            .find(|(t, _)| *t <= Duration::from_secs(30) && Duration::from_secs(30) < *t + Duration::from_secs(8))
+            .find(|(t, _)| {
+                *t <= Duration::from_secs(30)
+                    && Duration::from_secs(30) < *t + Duration::from_secs(8)
+            })
             .expect("a slot holds the middle");
         assert_eq!(mid.1, FaultKind::Kill);
-        for k in [FaultKind::Slow, FaultKind::Garbage, FaultKind::Storm, FaultKind::Partition] {
+        for k in [
+            FaultKind::Slow,
+            FaultKind::Garbage,
+            FaultKind::Storm,
+            FaultKind::Partition,
+        ] {
             assert!(s.iter().any(|(_, f)| *f == k), "{k:?} scheduled");
         }
         let all = FaultKind::parse_list("all").expect("all");
         let s = schedule(&all, Duration::from_secs(60), Duration::from_secs(8));
         assert_eq!(s.len(), 6, "six slot faults, six slots");
-        assert!(schedule(&[FaultKind::Scale], Duration::from_secs(60), Duration::from_secs(8)).is_empty());
+        assert!(schedule(
+            &[FaultKind::Scale],
+            Duration::from_secs(60),
+            Duration::from_secs(8)
+        )
+        .is_empty());
     }
 
     #[test]

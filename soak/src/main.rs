@@ -204,14 +204,15 @@ fn check(cli: &Cli) -> Result<()> {
     if cli.size < track::HEADER_LEN {
         bail!("--size must be at least {}", track::HEADER_LEN);
     }
-    if !(cli.rate > 0.0 && cli.rate <= 1e6) || !(cli.req_rate > 0.0 && cli.req_rate <= 1e5) {
+    // Written so that NaN is refused too.
+    let in_range = |x: f64, max: f64| x > 0.0 && x <= max;
+    if !in_range(cli.rate, 1e6) || !in_range(cli.req_rate, 1e5) {
         bail!("--rate must be in (0, 1e6] and --req-rate in (0, 1e5]");
     }
     if cli.duration < Duration::from_secs(1) || cli.duration > Duration::from_secs(7 * 86_400) {
         bail!("--duration must be between 1s and 7 days");
     }
-    if cli.agents_min > cli.agents_max || cli.agents_max > 100_000 || cli.storm_clients > 100_000
-    {
+    if cli.agents_min > cli.agents_max || cli.agents_max > 100_000 || cli.storm_clients > 100_000 {
         bail!("--agents-min must be at most --agents-max, and counts at most 100000");
     }
     if cli.publishers == 0 || cli.subscribers == 0 {
@@ -311,6 +312,8 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut sub_tasks = JoinSet::new();
     let mut flush_at_end: Vec<Member> = Vec::new();
     let mut publishers_clients = Vec::new();
+    // Requesters and responders: closed at the end.
+    let mut others: Vec<Member> = Vec::new();
     for i in 0..cli.subscribers {
         let (a, g) = route(i);
         let m = member(&ctx, a, &format!("soak-sub-{i}"), g).await?;
@@ -324,6 +327,7 @@ async fn run(cli: Cli) -> Result<bool> {
     for i in 0..cli.responders {
         let (a, g) = route(i);
         let m = member(&ctx, a, &format!("soak-responder-{i}"), g).await?;
+        others.push(m.clone());
         let sub = m
             .client
             .queue_subscribe(REQ_SUBJECT, "soak-responders")
@@ -402,6 +406,7 @@ async fn run(cli: Cli) -> Result<bool> {
     for i in 0..cli.requesters {
         let (a, g) = route(i);
         let m = member(&ctx, a, &format!("soak-requester-{i}"), g).await?;
+        others.push(m.clone());
         senders.spawn(load::requester(
             m.client.clone(),
             REQ_SUBJECT.to_owned(),
@@ -412,12 +417,10 @@ async fn run(cli: Cli) -> Result<bool> {
         ));
     }
     let scale = has(FaultKind::Scale).then(|| {
-        tokio::spawn(ctx.clone().scale(
-            cli.agents_min,
-            cli.agents_max,
-            cli.duration,
-            until,
-        ))
+        tokio::spawn(
+            ctx.clone()
+                .scale(cli.agents_min, cli.agents_max, cli.duration, until),
+        )
     });
     let plan = faults::schedule(&faults, cli.duration, cli.fault_every);
     let injector = {
@@ -543,7 +546,11 @@ async fn run(cli: Cli) -> Result<bool> {
     };
     // Close the clients, then stop the broker (it must exit 0).
     let mut closes = JoinSet::new();
-    for m in flush_at_end.into_iter().chain(publishers_clients) {
+    for m in flush_at_end
+        .into_iter()
+        .chain(publishers_clients)
+        .chain(others)
+    {
         m.state.retire();
         closes.spawn(async move { m.client.close().await });
     }

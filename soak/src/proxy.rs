@@ -202,15 +202,16 @@ mod tests {
 
     #[tokio::test]
     async fn relays_delays_cuts_and_refuses() {
-        let p = FaultProxy::start(echo_server().await)
-            .await
-            .expect("proxy");
+        let p = FaultProxy::start(echo_server().await).await.expect("proxy");
         let mut s = TcpStream::connect(p.addr).await.expect("connect");
         assert_eq!(roundtrip(&mut s).await.expect("pass"), 4);
         p.set_mode(Mode::Delay(Duration::from_millis(150)));
         let t = std::time::Instant::now();
         roundtrip(&mut s).await.expect("delay");
-        assert!(t.elapsed() >= Duration::from_millis(300), "both ways delayed");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "both ways delayed"
+        );
         p.set_mode(Mode::Pass);
         p.cut();
         let mut b = [0u8; 1];

@@ -70,7 +70,13 @@ fn latency(v: &[u32]) -> Value {
 /// Builds the JSON summary and the list of failures (empty: success).
 pub fn build(snap: &Snapshot, info: &RunInfo, max_reconnect_ms: u64) -> (Value, Vec<String>) {
     let w = Windows(&snap.windows);
-    let (counts, by_role, lost_examples, lat_in, lat_out) = account(snap);
+    let crate::track::Accounting {
+        total: counts,
+        by_role,
+        lost_examples,
+        lat_in,
+        lat_out,
+    } = account(snap);
     let mut failures = Vec::new();
     if counts.lost_outside_faults > 0 {
         failures.push(format!(

@@ -281,7 +281,9 @@ impl Ledger {
 
     /// Counts an ERR the broker sent a tracked client.
     pub fn server_error(&self, name: &str) {
-        *lock(&self.server_errors).entry(name.to_owned()).or_default() += 1;
+        *lock(&self.server_errors)
+            .entry(name.to_owned())
+            .or_default() += 1;
     }
 
     /// Counts a client-side error (`what` names the call and the error kind).
@@ -501,17 +503,23 @@ pub struct LostDetail {
     pub sent_ms: f64,
 }
 
-/// Counts every pair; returns the counts, per-role counts, examples of loss outside faults, and
-/// the latencies (µs) inside and outside windows.
-pub fn account(
-    snap: &Snapshot,
-) -> (
-    MsgCounts,
-    BTreeMap<String, MsgCounts>,
-    Vec<LostDetail>,
-    Vec<u32>,
-    Vec<u32>,
-) {
+/// The outcome of [`account`].
+#[derive(Debug, Default)]
+pub struct Accounting {
+    /// Counts over every pair.
+    pub total: MsgCounts,
+    /// Counts per publisher role.
+    pub by_role: BTreeMap<String, MsgCounts>,
+    /// The first few messages lost outside faults.
+    pub lost_examples: Vec<LostDetail>,
+    /// Latencies (µs) of messages sent inside a window.
+    pub lat_in: Vec<u32>,
+    /// Latencies (µs) of messages sent outside every window.
+    pub lat_out: Vec<u32>,
+}
+
+/// Counts every (publisher, subscriber) pair and splits loss and latency by window.
+pub fn account(snap: &Snapshot) -> Accounting {
     let w = Windows(&snap.windows);
     let mut total = MsgCounts::default();
     let mut by_role: BTreeMap<String, MsgCounts> = BTreeMap::new();
@@ -588,7 +596,13 @@ pub fn account(
             }
         }
     }
-    (total, by_role, examples, lat_in, lat_out)
+    Accounting {
+        total,
+        by_role,
+        lost_examples: examples,
+        lat_in,
+        lat_out,
+    }
 }
 
 #[cfg(test)]
@@ -637,13 +651,21 @@ mod tests {
         for t in [100, 200, 300, 400, FAILED] {
             p.push(t);
         }
-        ledger.add_window(window(FaultKind::Partition, 150, 250, vec![Group::Partitioned]));
+        ledger.add_window(window(
+            FaultKind::Partition,
+            150,
+            250,
+            vec![Group::Partitioned],
+        ));
         let mut b = Vec::new();
         // A direct subscriber misses 200 (not excused: the partition does not affect it) and
         // gets 100 twice; a partitioned one misses 200 (excused) and gets 400 before 300.
         let mut direct = SubAcc::new(0, Group::Direct, vec![p.id]);
         let mut part = SubAcc::new(1, Group::Partitioned, vec![p.id]);
-        for (s, seqs) in [(&mut direct, vec![0u64, 0, 2, 3]), (&mut part, vec![0, 3, 2])] {
+        for (s, seqs) in [
+            (&mut direct, vec![0u64, 0, 2, 3]),
+            (&mut part, vec![0, 3, 2]),
+        ] {
             for seq in seqs {
                 encode_payload(&mut b, p.id, seq, 0, 24);
                 s.record(&b, 10);
@@ -652,7 +674,8 @@ mod tests {
         ledger.add_sub(direct);
         ledger.add_sub(part);
         let snap = ledger.snapshot();
-        let (c, _, ex, _, _) = account(&snap);
+        let a = account(&snap);
+        let (c, ex) = (a.total, a.lost_examples);
         assert_eq!(c.published, 4);
         assert_eq!(c.publish_failed, 1);
         assert_eq!(c.expected, 8);
