@@ -38,8 +38,10 @@ pub struct State {
     /// Its group.
     pub group: Group,
     connected: AtomicBool,
-    /// Closed for good (by the soak or a fatal error).
-    closed: AtomicBool,
+    /// Closed by the soak (ramp-down, end of a fault, end of the run).
+    retired: AtomicBool,
+    /// Closed for good by anything else (a fatal ERR, reconnect given up): never recovers.
+    dead: AtomicBool,
     /// The drop time of its last completed reconnect (0: none yet).
     last_reconnect_drop_us: AtomicU64,
 }
@@ -47,17 +49,22 @@ pub struct State {
 impl State {
     /// Whether it is connected now.
     pub fn is_up(&self) -> bool {
-        self.connected.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire) && !self.is_retired() && !self.is_dead()
     }
 
-    /// Whether it is closed for good.
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+    /// Whether the soak closed it.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
-    /// Marks it closed by the soak (ramp-down), so no injector waits for it.
+    /// Whether it closed for good without the soak asking.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Marks it closed by the soak (before closing it), so nothing waits for it.
     pub fn retire(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.retired.store(true, Ordering::Release);
     }
 }
 
@@ -101,7 +108,8 @@ impl Fleet {
         let state = Arc::new(State {
             group,
             connected: AtomicBool::new(true),
-            closed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             last_reconnect_drop_us: AtomicU64::new(0),
         });
         let mut events = client.events();
@@ -129,9 +137,12 @@ impl Fleet {
                         let name = ErrorCode::from_u16(code).map_or("unknown", ErrorCode::name);
                         ledger.server_error(name);
                     }
-                    ConnectionEvent::Closed { .. } => {
+                    ConnectionEvent::Closed { reason } => {
                         st.connected.store(false, Ordering::Release);
-                        st.closed.store(true, Ordering::Release);
+                        if !st.is_retired() {
+                            st.dead.store(true, Ordering::Release);
+                            ledger.client_error(format!("closed for good: {reason}"));
+                        }
                     }
                     _ => {}
                 }
@@ -145,9 +156,10 @@ impl Fleet {
     /// Clients of `groups` (every group when empty) open now, with whether each is up.
     pub fn affected(&self, groups: &[Group], since_us: u64) -> Affected {
         let mut members = lock(&self.members);
-        members.retain(|m| !m.state.is_closed());
+        members.retain(|m| !m.state.is_retired());
         let members = members
             .iter()
+            .filter(|m| !m.state.is_dead())
             .filter(|m| groups.is_empty() || groups.contains(&m.state.group))
             .map(|m| (m.clone(), m.state.is_up()))
             .collect();
@@ -166,7 +178,15 @@ impl Fleet {
     pub fn down(&self) -> usize {
         lock(&self.members)
             .iter()
-            .filter(|m| !m.state.is_closed() && !m.state.is_up())
+            .filter(|m| !m.state.is_retired() && !m.state.is_up())
+            .count()
+    }
+
+    /// Clients closed for good without the soak asking.
+    pub fn dead(&self) -> usize {
+        lock(&self.members)
+            .iter()
+            .filter(|m| !m.state.is_retired() && m.state.is_dead())
             .count()
     }
 }
@@ -178,13 +198,14 @@ impl Affected {
     }
 
     fn recovered(&self, m: &Member, was_up: bool) -> bool {
-        m.state.is_closed()
+        m.state.is_retired()
             || (m.state.is_up()
                 && (!was_up
                     || m.state.last_reconnect_drop_us.load(Ordering::Acquire) >= self.since_us))
     }
 
-    /// Waits until every affected client has reconnected after the fault (or was closed), then
+    /// Waits until every affected client has reconnected after the fault (or the soak closed
+    /// it; one closed for good otherwise never recovers), then
     /// flushes each (its re-sent subscriptions are then in force), all within `max`. Returns how
     /// many did not recover, and how many flushes failed.
     pub async fn wait_recovered(&self, max: Duration) -> (usize, usize) {
@@ -202,7 +223,7 @@ impl Affected {
         }
         let mut set = tokio::task::JoinSet::new();
         for (m, up) in &self.members {
-            if !self.recovered(m, *up) || m.state.is_closed() {
+            if !self.recovered(m, *up) || m.state.is_retired() {
                 continue;
             }
             let c = m.client.clone();

@@ -505,6 +505,7 @@ async fn run(cli: Cli) -> Result<bool> {
         }
     }
     let down_at_end = ctx.fleet.down();
+    let dead = ctx.fleet.dead();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         while sub_tasks.join_next().await.is_some() {}
@@ -542,6 +543,7 @@ async fn run(cli: Cli) -> Result<bool> {
         },
         peak_connected,
         down_at_end,
+        dead,
         ..report::RunInfo::default()
     };
     // Close the clients, then stop the broker (it must exit 0).

@@ -30,6 +30,8 @@ pub struct RunInfo {
     pub peak_connected: usize,
     /// Open clients not connected at the end.
     pub down_at_end: usize,
+    /// Clients closed for good without the soak asking (a fatal ERR, reconnect given up).
+    pub dead: usize,
 }
 
 fn percentiles(mut v: Vec<u64>) -> Value {
@@ -41,6 +43,7 @@ fn percentiles(mut v: Vec<u64>) -> Value {
     json!({
         "count": v.len(),
         "p50": q(0.50) as f64 / 1000.0,
+        "p90": q(0.90) as f64 / 1000.0,
         "p99": q(0.99) as f64 / 1000.0,
         "max": q(1.0) as f64 / 1000.0,
     })
@@ -155,10 +158,16 @@ pub fn build(snap: &Snapshot, info: &RunInfo, max_reconnect_ms: u64) -> (Value, 
         }));
     }
     failures.extend(info.broker_problems.iter().cloned());
-    if info.down_at_end > 0 {
+    if info.dead > 0 {
         failures.push(format!(
-            "{} clients were still disconnected at the end",
-            info.down_at_end
+            "{} clients were closed for good by the server instead of reconnecting (see client_errors)",
+            info.dead
+        ));
+    }
+    if info.down_at_end > info.dead {
+        failures.push(format!(
+            "{} clients were still reconnecting at the end",
+            info.down_at_end - info.dead
         ));
     }
 
@@ -209,6 +218,7 @@ pub fn build(snap: &Snapshot, info: &RunInfo, max_reconnect_ms: u64) -> (Value, 
             "agent_registrations": info.scale.map(|s| s.1),
             "agent_failures": info.scale.map(|s| s.2),
             "down_at_end": info.down_at_end,
+            "closed_by_server": info.dead,
         },
         "broker_rss_kib": {
             "max": rss_max,
