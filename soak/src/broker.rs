@@ -19,8 +19,6 @@ use crate::track::lock;
 
 /// How long a (re)started broker has to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// Lame-duck window given to the started broker (clients leave at once on LAMEDUCK anyway).
-pub const LAMEDUCK_WINDOW_MS: u64 = 1000;
 /// Outbound bytes per connection past which the started broker cuts a slow consumer: small, so
 /// the slow fault needs little traffic (well above what a reading subscriber ever holds).
 pub const MAX_PENDING: usize = 4 << 20;
@@ -36,6 +34,8 @@ pub struct BrokerCtl {
     data_dir: PathBuf,
     log_path: PathBuf,
     shards: Option<usize>,
+    /// `--lameduck-window-ms` of the started broker.
+    lameduck_window_ms: u64,
     child: Mutex<Option<Child>>,
 }
 
@@ -73,7 +73,11 @@ impl BrokerCtl {
     ///
     /// # Errors
     /// When it cannot be started or does not accept in time.
-    pub fn start(bin: PathBuf, shards: Option<usize>) -> Result<BrokerCtl> {
+    pub fn start(
+        bin: PathBuf,
+        shards: Option<usize>,
+        lameduck_window_ms: u64,
+    ) -> Result<BrokerCtl> {
         let addr = free_addr()?;
         let admin = free_addr()?;
         let tag = format!("{}-{}", std::process::id(), addr.port());
@@ -85,6 +89,7 @@ impl BrokerCtl {
             data_dir: tmp.join(format!("agentwire-soak-data-{tag}")),
             log_path: tmp.join(format!("agentwire-soak-broker-{tag}.log")),
             shards,
+            lameduck_window_ms,
             child: Mutex::new(None),
         };
         File::create(&ctl.log_path)
@@ -108,7 +113,7 @@ impl BrokerCtl {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--lameduck-window-ms")
-            .arg(LAMEDUCK_WINDOW_MS.to_string())
+            .arg(self.lameduck_window_ms.to_string())
             .arg("--max-pending")
             .arg(MAX_PENDING.to_string());
         if let Some(s) = self.shards {
@@ -200,7 +205,7 @@ impl BrokerCtl {
     pub fn lameduck_and_restart(&self) -> Result<(String, bool)> {
         self.signal(rustix::process::Signal::USR2)?;
         // The lame-duck window, the broker's shutdown grace (5 s) and a margin.
-        let max = Duration::from_millis(LAMEDUCK_WINDOW_MS) + Duration::from_secs(8);
+        let max = Duration::from_millis(self.lameduck_window_ms) + Duration::from_secs(8);
         let st = match self.wait_exit(max)? {
             Some(st) => st,
             None => {

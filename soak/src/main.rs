@@ -123,6 +123,10 @@ struct Cli {
     /// The `agentwire` binary to start [default: next to this executable].
     #[arg(long, value_name = "PATH")]
     broker_bin: Option<PathBuf>,
+    /// `--lameduck-window-ms` of the started broker (clients leave at once on LAMEDUCK; the
+    /// broker exits as soon as none is left).
+    #[arg(long, default_value_t = 10_000)]
+    lameduck_window_ms: u64,
     /// `--shards` of the started broker [default: the broker's, one per core].
     #[arg(long)]
     shards: Option<usize>,
@@ -255,9 +259,9 @@ async fn run(cli: Cli) -> Result<bool> {
         Some(_) => None,
         None => {
             let bin = broker::find_bin(cli.broker_bin.as_deref())?;
-            let shards = cli.shards;
+            let (shards, window) = (cli.shards, cli.lameduck_window_ms);
             Some(Arc::new(
-                tokio::task::spawn_blocking(move || BrokerCtl::start(bin, shards))
+                tokio::task::spawn_blocking(move || BrokerCtl::start(bin, shards, window))
                     .await
                     .map_err(|e| anyhow!("{e}"))??,
             ))
@@ -531,6 +535,7 @@ async fn run(cli: Cli) -> Result<bool> {
             "agents": [cli.agents_min, cli.agents_max],
             "max_reconnect_ms": cli.max_reconnect_ms,
             "backoff_ms": [cli.backoff_min_ms, cli.backoff_max_ms],
+            "lameduck_window_ms": cli.lameduck_window_ms,
             "broker": broker.as_ref().map_or_else(|| format!("--server {addr}"), |b| format!("started on {}", b.addr)),
         }),
         duration_s,
