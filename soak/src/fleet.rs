@@ -18,6 +18,8 @@ pub struct ClientSettings {
     pub backoff_min: Duration,
     /// Reconnect backoff: cap.
     pub backoff_max: Duration,
+    /// Bound on TCP connect + handshake of each (re)connect attempt.
+    pub connect_timeout: Duration,
 }
 
 impl ClientSettings {
@@ -25,7 +27,7 @@ impl ClientSettings {
     pub fn options(&self, name: &str) -> ConnectOptions {
         ConnectOptions::new()
             .name(name)
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(self.connect_timeout)
             .request_timeout(Duration::from_secs(5))
             .reconnect(true)
             .reconnect_delay(self.backoff_min, self.backoff_max)

@@ -114,6 +114,11 @@ struct Cli {
     /// Clients' reconnect backoff: cap, ms.
     #[arg(long, default_value_t = 500)]
     backoff_max_ms: u64,
+    /// Clients' bound on TCP connect + handshake per attempt, ms. On loopback a handshake takes
+    /// far less unless a full accept queue dropped the SYN or the final ACK; then giving up and
+    /// retrying beats waiting for the kernel's 1 s / 3 s retransmits.
+    #[arg(long, default_value_t = 500)]
+    connect_timeout_ms: u64,
     /// Target a running broker instead of starting one (no kill or lameduck then).
     #[arg(long, value_name = "ADDR")]
     server: Option<SocketAddr>,
@@ -290,6 +295,7 @@ async fn run(cli: Cli) -> Result<bool> {
         settings: ClientSettings {
             backoff_min: Duration::from_millis(cli.backoff_min_ms),
             backoff_max: Duration::from_millis(cli.backoff_max_ms),
+            connect_timeout: Duration::from_millis(cli.connect_timeout_ms.max(1)),
         },
         broker: broker.clone(),
         addr,
@@ -536,6 +542,7 @@ async fn run(cli: Cli) -> Result<bool> {
             "max_reconnect_ms": cli.max_reconnect_ms,
             "backoff_ms": [cli.backoff_min_ms, cli.backoff_max_ms],
             "lameduck_window_ms": cli.lameduck_window_ms,
+            "connect_timeout_ms": cli.connect_timeout_ms,
             "broker": broker.as_ref().map_or_else(|| format!("--server {addr}"), |b| format!("started on {}", b.addr)),
         }),
         duration_s,
