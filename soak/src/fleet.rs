@@ -213,10 +213,11 @@ impl Affected {
     pub async fn wait_recovered(&self, max: Duration) -> (usize, usize) {
         let deadline = tokio::time::Instant::now() + max;
         loop {
+            // A client closed for good never recovers: not worth waiting for.
             let pending = self
                 .members
                 .iter()
-                .filter(|(m, up)| !self.recovered(m, *up))
+                .filter(|(m, up)| !self.recovered(m, *up) && !m.state.is_dead())
                 .count();
             if pending == 0 || tokio::time::Instant::now() >= deadline {
                 break;
