@@ -48,7 +48,7 @@ pub async fn publisher(
         }
         let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
         let mut burst = 0;
-        while log.next_seq() < due && burst < MAX_BURST {
+        while log.next_seq() < due && burst < MAX_BURST && Instant::now() < until {
             let seq = log.next_seq();
             let sent = now_us();
             encode_payload(&mut buf, log.id, seq, sent, size);

@@ -244,6 +244,11 @@ fn raise_nofile() {
     );
 }
 
+/// How long after the start a background loop may run at most: the run plus ten minutes.
+fn bound_after(duration: Duration) -> Duration {
+    duration + Duration::from_secs(600)
+}
+
 /// Connects a tracked client, with the name in the error.
 async fn member(ctx: &Ctx, addr: SocketAddr, name: &str, group: Group) -> Result<Member> {
     ctx.fleet
@@ -451,11 +456,17 @@ async fn run(cli: Cli) -> Result<bool> {
         let (broker, fleet) = (broker.clone(), ctx.fleet.clone());
         let (ledger, ctx2) = (ledger.clone(), ctx.clone());
         let bar = progress::Bar::new(cli.duration);
+        let cli_duration = cli.duration;
         tokio::spawn(async move {
             let mut rss = Vec::new();
             let mut peak = 0usize;
             let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // Bounded: the run's end signal, or far past it.
+            let cap = bound_after(cli_duration);
             for n in 0u64.. {
+                if start.elapsed() > cap {
+                    break;
+                }
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = mon_rx.changed() => break,
