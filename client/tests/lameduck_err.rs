@@ -1,16 +1,11 @@
-//! Reproduction of a client bug the soak found (not fixed here: `client/` belongs to others).
-//!
-//! A broker in lame duck sends LAMEDUCK, then `ERR server_shutdown` (fatal) at a random moment
-//! within its lame-duck window. When both frames reach a client in the same read (a small random
-//! delay, or a client busy for a few ms), the client's reader handles the whole batch first: the
-//! fatal ERR tears the client down for good, and the LAMEDUCK flag that would have moved it to the
-//! next server is never looked at. With reconnect on, the client should reconnect instead (the
-//! ERR's own text says "reconnect to another server").
+//! Regression test for a bug the soak harness found: a broker in lame duck sends LAMEDUCK, then
+//! `ERR server_shutdown` (fatal) at a random moment within its window. When both frames reached
+//! the client in one read, the reader handled the whole batch first and the fatal ERR closed the
+//! client for good. With reconnect on, the client must reconnect instead.
 //!
 //! This fake server answers the handshake, then writes LAMEDUCK + ERR server_shutdown in one
-//! write on the first connection, and serves later connections normally. Expected: a
-//! `Reconnected` event. Actual: `Closed`. Run with `cargo test -p agentwire-soak --test
-//! repro_lameduck_err -- --ignored`.
+//! write on the first connection, and serves later connections normally: the client must report
+//! `Reconnected`, never `Closed`.
 
 use std::time::Duration;
 
@@ -57,8 +52,7 @@ async fn handshake(s: &mut TcpStream, client_id: u64) -> std::io::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "client bug: LAMEDUCK followed by a fatal ERR server_shutdown in one read closes the client for good"]
-async fn lameduck_then_server_shutdown_in_one_read_should_reconnect() {
+async fn lameduck_then_server_shutdown_in_one_read_reconnects() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
