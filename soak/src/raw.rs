@@ -120,6 +120,8 @@ impl Raw {
                 features: features::HEADERS | features::NO_RESPONDERS,
                 name: b"agentwire-soak-raw",
                 token: b"",
+                public_key: b"",
+                signature: b"",
             },
         )?;
         out.extend_from_slice(then);
