@@ -2,16 +2,7 @@
 //! storm, partition, scale) against a broker it starts itself, `--json`. It must exit 0, lose
 //! nothing outside fault windows, and every fault kind must have recovered with reconnect p99
 //! within 2 s. Counts are modest so a debug build passes on 2 shared cores; the 1,000-agent run
-//! is the README's release command. They also keep every reconnect herd (at most ~120 clients)
-//! below the broker's listen backlog of 128: a larger herd overflows it, and the clients whose
-//! SYN is dropped wait the kernel's 1 s (then 3 s) retransmit, which a slow debug broker makes
-//! likely (see the README's figures).
-//!
-//! One known client bug is tolerated, narrowly: a client that gets LAMEDUCK and the broker's
-//! fatal `ERR server_shutdown` in one read closes for good instead of reconnecting
-//! (`tests/repro_lameduck_err.rs`). The soak reports it as a failure; this test then says so
-//! loudly and stops checking that run (with a 10 s lame-duck window it hits a few runs in a
-//! hundred). Remove the tolerance once the client is fixed.
+//! is the README's release command.
 //!
 //! Needs the `agentwire` binary beside the soak binary (`target/<profile>/agentwire`):
 //! `cargo test --workspace` builds it (the broker's own integration tests need it), and
