@@ -26,6 +26,10 @@
 //! routing = "load"                # queue groups: "load" (power of two choices) or "round-robin"
 //! metrics_sample_ms = 10000       # how often a metrics sample is stored
 //! metrics_retention_s = 2592000   # stored samples older than this are deleted (30 days)
+//! [tls]                           # optional: every client connection and the admin API use TLS
+//! cert = "server.pem"             # certificate chain (PEM), leaf first
+//! key = "server.key"              # its private key (PEM: PKCS#8, PKCS#1 or SEC1)
+//! client_ca = "ca.pem"            # optional: require client certificates signed by these CAs
 //! ```
 
 use std::net::SocketAddr;
@@ -206,6 +210,21 @@ impl Default for AdminConfig {
     }
 }
 
+/// TLS on the client port and the admin API (the `[tls]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key of the leaf certificate, PEM.
+    pub key: std::path::PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; set: mutual TLS, every
+    /// client must present a valid certificate, whose subject name becomes the connection's
+    /// identity.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -229,6 +248,8 @@ pub struct Config {
     pub lameduck_window_ms: u64,
     /// The admin plane.
     pub admin: AdminConfig,
+    /// TLS on the client port and the admin API; `None`: plain TCP and HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -245,6 +266,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             lameduck_window_ms: 10_000,
             admin: AdminConfig::default(),
+            tls: None,
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum StartError {
     /// The admin plane's database cannot be opened.
     #[error("cannot open the data directory: {0}")]
     Store(#[from] crate::admin::store::StoreError),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// A running server.
@@ -68,6 +71,28 @@ impl ServerHandle {
     /// The state shared by the shards (routing table, counters, configuration).
     pub fn global(&self) -> &Arc<Global> {
         &self.global
+    }
+
+    /// The verified TLS client identities (mutual TLS) of the connections open now, by
+    /// connection id.
+    pub fn tls_identities(&self) -> Vec<(u64, String)> {
+        let mut v: Vec<_> = self
+            .global
+            .identities
+            .lock()
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// TLS handshakes that failed so far (client and admin ports).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.global
+            .admin
+            .tls_handshake_failures
+            .load(Ordering::Relaxed)
     }
 
     /// Counters summed over every shard.
@@ -162,10 +187,14 @@ pub fn start_with_listener(
     config.validate()?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(t) => Some(crate::tls::server_config(t)?),
+        None => None,
+    };
     let global = Arc::new(Global::new(config, new_server_id())?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
-    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone())?;
+    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), tls.clone())?;
     threads.push(admin.thread);
     let mut senders = Vec::new();
     for id in 0..global.shards.len() {
@@ -185,11 +214,13 @@ pub fn start_with_listener(
     }
     let g = global.clone();
     let s = stop_rx.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let tls_on = acceptor.is_some();
     threads.push(
         std::thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || {
-                if let Err(e) = accept_loop(g, listener, senders, s) {
+                if let Err(e) = accept_loop(g, listener, senders, acceptor, s) {
                     tracing::error!("acceptor failed: {e}");
                 }
             })?,
@@ -200,6 +231,8 @@ pub fn start_with_listener(
         server_id = %global.server_id,
         max_payload = global.config.limits.max_payload,
         max_connections = global.config.limits.max_connections,
+        tls = tls_on,
+        mutual_tls = global.config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "agentwire listening"
     );
     if let Some(a) = admin_addr {
@@ -218,6 +251,7 @@ fn accept_loop(
     global: Arc<Global>,
     listener: std::net::TcpListener,
     shards: Vec<mpsc::UnboundedSender<Incoming>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -261,6 +295,20 @@ fn accept_loop(
                     .count_error(ErrorCode::TooManyConnections);
                 tracing::warn!(%peer, max, "connection refused: max_connections reached");
                 tokio::spawn(refuse(stream, max));
+                continue;
+            }
+            if let Some(acceptor) = &tls {
+                // The handshake runs in its own task: a slow or hostile client never holds up
+                // the accept loop. It gives `conn_count` back if it drops the connection.
+                let i = next % shards.len();
+                next = next.wrapping_add(1);
+                tokio::spawn(crate::tls::terminate(
+                    global.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    shards[i].clone(),
+                ));
                 continue;
             }
             let std_stream = match stream.into_std() {

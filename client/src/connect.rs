@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::transport::{handshake_io, Stream, TlsOptions};
+
 use crate::conn::{lock, Inner, Settings};
 use crate::error::{Error, HandshakeError, ServerError};
 use crate::{reader, writer, Client, ServerInfo};
@@ -67,6 +69,7 @@ pub struct ConnectOptions {
     reconnect_delay_min: Duration,
     reconnect_delay_max: Duration,
     reconnect_buffer_size: usize,
+    tls: TlsOptions,
 }
 
 impl Default for ConnectOptions {
@@ -93,7 +96,57 @@ impl ConnectOptions {
             reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
+            tls: TlsOptions::default(),
         }
+    }
+
+    /// Connects over TLS, trusting the CA certificates of this PEM file (and no other) for the
+    /// server's certificate. Reconnects use the same TLS settings.
+    ///
+    /// ```no_run
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// let client = ConnectOptions::new()
+    ///     .tls_ca_file("ca.pem")
+    ///     .tls_client_cert("planner.pem", "planner.key") // only for mutual TLS
+    ///     .connect("broker.internal:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> ConnectOptions {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM files) to the server, for mutual
+    /// TLS. Needs [`ConnectOptions::tls_ca_file`] (or [`ConnectOptions::tls_config`]).
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> ConnectOptions {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The name the server's certificate must carry (default: the host part of the address
+    /// connected to; an IP address is checked as an IP address SAN).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> ConnectOptions {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// Connects over TLS with this rustls configuration (trust roots, client certificate,
+    /// everything); the file settings are then ignored.
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> ConnectOptions {
+        self.tls.config = Some(config);
+        self
+    }
+
+    /// Whether connections use TLS ([`ConnectOptions::tls_ca_file`] or
+    /// [`ConnectOptions::tls_config`] given).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.enabled()
     }
 
     /// The broker addresses (`host:port`) [`ConnectOptions::connect_servers`] tries, in order;
@@ -281,12 +334,10 @@ impl ConnectOptions {
         Ok(Client::new(inner))
     }
 
-    /// Opens a TCP connection to `addr` and completes the handshake, bounded by the connect
-    /// timeout. Returns the socket, the server's INFO and the bytes read past the PONG.
-    pub(crate) async fn open(
-        &self,
-        addr: &str,
-    ) -> Result<(TcpStream, ServerInfo, BytesMut), Error> {
+    /// Opens a TCP connection to `addr`, the TLS session when configured, and completes the
+    /// handshake, all bounded by the connect timeout. Returns the stream, the server's INFO and
+    /// the bytes read past the PONG.
+    pub(crate) async fn open(&self, addr: &str) -> Result<(Stream, ServerInfo, BytesMut), Error> {
         if self.name.len() > usize::from(u16::MAX) {
             return Err(Error::Encode(EncodeError::FieldTooLong {
                 field: "name",
@@ -294,8 +345,12 @@ impl ConnectOptions {
                 max: usize::from(u16::MAX),
             }));
         }
+        let tls = match self.tls.enabled() {
+            true => Some((self.tls.client_config()?, self.tls.server_name(addr)?)),
+            false => None,
+        };
         let deadline = Instant::now() + self.connect_timeout;
-        let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(Error::ConnectTimeout {
                     addr: addr.to_owned(),
@@ -310,10 +365,33 @@ impl ConnectOptions {
             }
             Ok(Ok(s)) => s,
         };
-        stream.set_nodelay(true).map_err(|source| Error::Connect {
+        tcp.set_nodelay(true).map_err(|source| Error::Connect {
             addr: addr.to_owned(),
             source,
         })?;
+        let mut stream = match tls {
+            None => Stream::Tcp(tcp),
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config);
+                match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(Error::Handshake {
+                            addr: addr.to_owned(),
+                            source: handshake_io(e),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(Error::Handshake {
+                            addr: addr.to_owned(),
+                            source: HandshakeError::Timeout {
+                                after: self.connect_timeout,
+                            },
+                        })
+                    }
+                }
+            }
+        };
         let handshake = handshake(&mut stream, &self.name, self.read_buffer_size);
         let (info, leftover) = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(done)) => done,
@@ -350,7 +428,7 @@ impl ConnectOptions {
 /// Spawns the reader and writer of connection `generation` on `stream`.
 pub(crate) fn start_tasks(
     inner: &Arc<Inner>,
-    stream: TcpStream,
+    stream: Stream,
     leftover: BytesMut,
     read_size: usize,
     generation: u64,
@@ -400,14 +478,14 @@ pub(crate) fn random_token() -> String {
 
 /// Reads once into `buf`, growing it first if needed; `Ok(false)` at EOF.
 async fn fill(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     want: usize,
 ) -> Result<bool, HandshakeError> {
     if buf.capacity() - buf.len() < want.max(1024) {
         buf.reserve(want.max(1024));
     }
-    let n = stream.read_buf(buf).await.map_err(HandshakeError::Io)?;
+    let n = stream.read_buf(buf).await.map_err(handshake_io)?;
     Ok(n > 0)
 }
 
@@ -421,7 +499,7 @@ enum Next {
 
 /// INFO → HELLO + PING → PONG. Returns the server's info and the bytes read past the PONG.
 async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     name: &str,
     read_size: usize,
 ) -> Result<(ServerInfo, BytesMut), HandshakeError> {
@@ -475,13 +553,15 @@ async fn handshake(
                 )
                 .expect("the name's length was checked in connect; the token is empty");
                 encode_ping(&mut out);
-                stream.write_all(&out).await.map_err(HandshakeError::Io)?;
+                stream.write_all(&out).await.map_err(handshake_io)?;
+                stream.flush().await.map_err(handshake_io)?;
                 info = Some(i);
             }
             Next::Ping => {
                 let mut out = BytesMut::with_capacity(8);
                 encode_pong(&mut out);
-                stream.write_all(&out).await.map_err(HandshakeError::Io)?;
+                stream.write_all(&out).await.map_err(handshake_io)?;
+                stream.flush().await.map_err(handshake_io)?;
             }
             Next::Pong => {
                 let info = info.expect("a PONG is accepted only after INFO: matched above");

@@ -80,6 +80,7 @@ mod reader;
 mod reconnect;
 mod subject;
 mod subscriber;
+mod transport;
 mod writer;
 
 pub use agentwire_protocol::control::{

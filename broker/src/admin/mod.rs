@@ -53,6 +53,9 @@ pub struct Admin {
     pub hot: optimize::HotSubjects,
     /// When the broker started.
     pub started: Instant,
+    /// TLS handshakes that failed (client port and admin port): bad certificates, timeouts,
+    /// clients that do not speak TLS.
+    pub tls_handshake_failures: std::sync::atomic::AtomicU64,
     /// When the broker started, ms since the Unix epoch.
     pub started_ms: u64,
     /// The HTTP API's bound address, once listening.
@@ -115,6 +118,7 @@ impl Admin {
             hist: hist::Histograms::default(),
             hot: optimize::HotSubjects::default(),
             started: Instant::now(),
+            tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
             http_addr: RwLock::new(None),
         })
@@ -359,6 +363,7 @@ pub struct AdminThread {
 pub fn start(
     global: Arc<dyn DataPlane>,
     stop: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<(AdminThread, Option<SocketAddr>)> {
     let listener = match global.config().admin.listen {
         Some(addr) => {
@@ -391,14 +396,23 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(global, listener, stop));
+            rt.block_on(run(global, listener, tls, stop));
         })?;
     Ok((AdminThread { thread }, http_addr))
+}
+
+/// The admin port's TLS configuration: the client port's certificate and key, ALPN HTTP/1.1,
+/// and no client certificate asked (bearer tokens authenticate admin callers).
+fn http_tls_config(client_port: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut c = client_port.clone();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
 }
 
 async fn run(
     global: Arc<dyn DataPlane>,
     listener: Option<std::net::TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Some(l) = listener {
@@ -406,7 +420,22 @@ async fn run(
             Ok(l) => {
                 let g = global.clone();
                 let s = stop.clone();
-                tokio::spawn(http::serve(g, l, s));
+                match tls {
+                    None => {
+                        tokio::spawn(http::serve(g, l, s));
+                    }
+                    Some(cfg) => {
+                        // HTTPS with the client port's certificate (the admin API asks for no
+                        // client certificate: it has its own bearer tokens).
+                        let cfg = http_tls_config(&cfg);
+                        match crate::tls::TlsListener::new(l, cfg, g.clone(), s.clone()) {
+                            Ok(l) => {
+                                tokio::spawn(http::serve(g, l, s));
+                            }
+                            Err(e) => tracing::error!("admin TLS listener: {e}"),
+                        }
+                    }
+                }
             }
             Err(e) => tracing::error!("admin listener: {e}"),
         }

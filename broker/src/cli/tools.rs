@@ -2,6 +2,7 @@
 //! client library, does its one job, and exits with a message a person can act on.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub(crate) struct PubArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire sub SUBJECT`.
@@ -42,6 +45,8 @@ pub(crate) struct SubArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire req SUBJECT DATA`.
@@ -57,6 +62,8 @@ pub(crate) struct ReqArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire reply SUBJECT`.
@@ -73,6 +80,50 @@ pub(crate) struct ReplyArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    tls: TlsFlags,
+}
+
+/// TLS flags of the client tools.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsFlags {
+    /// Connect over TLS, trusting the CA certificates of this PEM file for the broker's
+    /// certificate.
+    #[arg(long, env = "AGENTWIRE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+    #[arg(long, env = "AGENTWIRE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "AGENTWIRE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// Adds the TLS settings to `opts`.
+    fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, Failure> {
+        let usage = |m: &str| Failure {
+            code: EXIT_USAGE,
+            message: m.to_owned(),
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(usage("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(usage("--tls-key needs --tls-cert")),
+            (Some(c), Some(k)) => {
+                if self.tls_ca.is_none() {
+                    return Err(usage(
+                        "--tls-cert needs --tls-ca (the CA of the broker's certificate)",
+                    ));
+                }
+                opts = opts.tls_client_cert(c, k);
+            }
+            (None, None) => {}
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.tls_ca_file(ca);
+        }
+        Ok(opts)
+    }
 }
 
 /// A failure with the exit code it maps to.
@@ -121,12 +172,13 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn connect(server: &str, name: &str) -> Result<Client, Failure> {
-    Ok(ConnectOptions::new().name(name).connect(server).await?)
+async fn connect(server: &str, name: &str, tls: &TlsFlags) -> Result<Client, Failure> {
+    let opts = tls.apply(ConnectOptions::new().name(name))?;
+    Ok(opts.connect(server).await?)
 }
 
 async fn publish(a: PubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-pub").await?;
+    let client = connect(&a.server, "agentwire-pub", &a.tls).await?;
     let payload = Bytes::from(a.data.into_bytes());
     for _ in 0..a.count {
         client.publish(&a.subject, payload.clone()).await?;
@@ -175,7 +227,7 @@ fn print_message(
 }
 
 async fn subscribe(a: SubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-sub").await?;
+    let client = connect(&a.server, "agentwire-sub", &a.tls).await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,
@@ -210,7 +262,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
 }
 
 async fn request(a: ReqArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-req").await?;
+    let client = connect(&a.server, "agentwire-req", &a.tls).await?;
     let m = client
         .request(
             &a.subject,
@@ -226,7 +278,7 @@ async fn request(a: ReqArgs) -> Result<(), Failure> {
 }
 
 async fn reply(a: ReplyArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-reply").await?;
+    let client = connect(&a.server, "agentwire-reply", &a.tls).await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,

@@ -113,10 +113,14 @@ pub(crate) struct Conn {
     pub last_read: std::cell::Cell<Instant>,
     /// Keep-alive PINGs sent since the last read.
     pub pings_out: std::cell::Cell<u32>,
+    /// Identity proven below the protocol: the subject name of the verified TLS client
+    /// certificate (mutual TLS); `None` for plain connections and TLS without client
+    /// certificates. Set once when the connection is accepted.
+    pub identity: Option<String>,
 }
 
 impl Conn {
-    fn new(id: u64, stream: Rc<Transport>) -> Conn {
+    fn new(id: u64, stream: Rc<Transport>, identity: Option<String>) -> Conn {
         Conn {
             id,
             stream,
@@ -140,6 +144,7 @@ impl Conn {
             handshaken: std::cell::Cell::new(false),
             last_read: std::cell::Cell::new(Instant::now()),
             pings_out: std::cell::Cell::new(0),
+            identity,
         }
     }
 
@@ -343,12 +348,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stream = Rc::new(stream);
-    let conn = Rc::new(Conn::new(id, stream));
+    let conn = Rc::new(Conn::new(id, stream, incoming.identity));
     shard.conns.borrow_mut().insert(id, conn.clone());
     global.loads.write().insert(id, conn.load.clone());
+    if let Some(name) = &conn.identity {
+        global.identities.lock().insert(id, name.clone());
+    }
     ShardStats::add(&shard.handle.stats.conns_total, 1);
     ShardStats::add(&shard.handle.stats.conns_open, 1);
-    tracing::debug!(conn = id, shard = shard.id, ?peer, "connection open");
+    tracing::debug!(conn = id, shard = shard.id, ?peer, identity = ?conn.identity, "connection open");
 
     {
         let limits = &global.config.limits;
@@ -375,6 +383,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
     super::control::connection_closed(&shard, &conn);
     conn.load.set_healthy(false);
     global.loads.write().remove(&id);
+    if conn.identity.is_some() {
+        global.identities.lock().remove(&id);
+    }
 
     // Stop deliveries and drop the subscriptions at once; then let the writer finish.
     let subs = {

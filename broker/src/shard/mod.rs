@@ -131,6 +131,9 @@ pub struct Global {
     pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
     /// Lame duck: set once; the acceptor stops, shards notify and close their clients.
     pub lame: watch::Sender<bool>,
+    /// Verified TLS client identities (mutual TLS) of the open connections, by connection id
+    /// (only connections that have one are in it).
+    pub identities: parking_lot::Mutex<FxHashMap<u64, String>>,
 }
 
 impl Global {
@@ -157,6 +160,7 @@ impl Global {
             admin,
             loads: parking_lot::RwLock::new(FxHashMap::default()),
             lame: watch::channel(false).0,
+            identities: parking_lot::Mutex::new(FxHashMap::default()),
         })
     }
 }
