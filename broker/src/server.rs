@@ -187,14 +187,17 @@ pub fn start_with_listener(
     config.validate()?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let tls = match &config.tls {
-        Some(t) => Some(crate::tls::server_config(t)?),
-        None => None,
+    let (tls, admin_tls) = match &config.tls {
+        Some(t) => (
+            Some(crate::tls::server_config(t)?),
+            Some(crate::tls::admin_config(t)?),
+        ),
+        None => (None, None),
     };
     let global = Arc::new(Global::new(config, new_server_id())?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
-    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), tls.clone())?;
+    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), admin_tls)?;
     threads.push(admin.thread);
     let mut senders = Vec::new();
     for id in 0..global.shards.len() {

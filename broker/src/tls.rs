@@ -109,6 +109,21 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsSetupError
     Ok(Arc::new(builder.with_single_cert(certs, key)?))
 }
 
+/// The admin API's configuration: the same certificate and key, no client certificate asked
+/// (admin callers authenticate with bearer tokens), ALPN `http/1.1`.
+///
+/// # Errors
+/// As [`server_config`].
+pub fn admin_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let plain = TlsConfig {
+        client_ca: None,
+        ..cfg.clone()
+    };
+    let mut c = Arc::unwrap_or_clone(server_config(&plain)?);
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
 /// The identity a client certificate proves: its subject Common Name, else its first DNS
 /// subject alternative name. `None` when the certificate cannot be parsed or names neither.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {

@@ -356,7 +356,7 @@ pub struct AdminThread {
 }
 
 /// Starts the admin thread: the heartbeat sweeper, the metrics sampler and (when configured)
-/// the HTTP API. Returns the HTTP API's bound address.
+/// the HTTP API (over HTTPS with `tls`). Returns the HTTP API's bound address.
 ///
 /// # Errors
 /// The HTTP address cannot be bound, or the thread cannot start.
@@ -401,14 +401,6 @@ pub fn start(
     Ok((AdminThread { thread }, http_addr))
 }
 
-/// The admin port's TLS configuration: the client port's certificate and key, ALPN HTTP/1.1,
-/// and no client certificate asked (bearer tokens authenticate admin callers).
-fn http_tls_config(client_port: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
-    let mut c = client_port.clone();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(c)
-}
-
 async fn run(
     global: Arc<dyn DataPlane>,
     listener: Option<std::net::TcpListener>,
@@ -424,17 +416,12 @@ async fn run(
                     None => {
                         tokio::spawn(http::serve(g, l, s));
                     }
-                    Some(cfg) => {
-                        // HTTPS with the client port's certificate (the admin API asks for no
-                        // client certificate: it has its own bearer tokens).
-                        let cfg = http_tls_config(&cfg);
-                        match crate::tls::TlsListener::new(l, cfg, g.clone(), s.clone()) {
-                            Ok(l) => {
-                                tokio::spawn(http::serve(g, l, s));
-                            }
-                            Err(e) => tracing::error!("admin TLS listener: {e}"),
+                    Some(cfg) => match crate::tls::TlsListener::new(l, cfg, g.clone(), s.clone()) {
+                        Ok(l) => {
+                            tokio::spawn(http::serve(g, l, s));
                         }
-                    }
+                        Err(e) => tracing::error!("admin TLS listener: {e}"),
+                    },
                 }
             }
             Err(e) => tracing::error!("admin listener: {e}"),
