@@ -264,8 +264,11 @@ fn accept_loop(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let mut lame = global.lame.subscribe();
         let mut next = 0usize;
+        // TLS sessions (handshake, then the proxy to the shard) of this runtime.
+        let mut sessions = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
                         break;
@@ -305,7 +308,7 @@ fn accept_loop(
                 // the accept loop. It gives `conn_count` back if it drops the connection.
                 let i = next % shards.len();
                 next = next.wrapping_add(1);
-                tokio::spawn(crate::tls::terminate(
+                sessions.spawn(crate::tls::terminate(
                     global.clone(),
                     acceptor.clone(),
                     stream,
@@ -326,6 +329,31 @@ fn accept_loop(
             next = next.wrapping_add(1);
             if shards[i].send(Incoming::tcp(std_stream)).is_err() {
                 global.conn_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        drop(listener);
+        // The TLS sessions live on this runtime: keep it until their connections end (lame
+        // duck and shutdown close them through the shards, which still need the proxy to
+        // deliver LAMEDUCK or the final ERR); once stopped, at most the shutdown grace and the
+        // proxy's linger more.
+        let grace = Duration::from_millis(global.config.shutdown_grace_ms)
+            + crate::tls::LINGER
+            + Duration::from_secs(1);
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut deadline = (*stop.borrow()).then(|| tokio::time::Instant::now() + grace);
+        while !sessions.is_empty() {
+            tokio::select! {
+                r = sessions.join_next() => {
+                    if r.is_none() {
+                        break;
+                    }
+                }
+                r = stop.changed(), if deadline.is_none() => {
+                    if r.is_err() || *stop.borrow() {
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break,
             }
         }
         Ok(())

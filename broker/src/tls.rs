@@ -31,7 +31,7 @@ use crate::transport::{Incoming, StdStream};
 const PROXY_BUFFER: usize = 64 << 10;
 /// Once the broker has closed its side, how long the client may still take to close its own
 /// before the proxy drops the connection.
-const LINGER: Duration = Duration::from_secs(5);
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
 
 /// Why the TLS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
