@@ -49,9 +49,9 @@ impl std::fmt::Debug for TlsOptions {
 }
 
 impl TlsOptions {
-    /// Whether any TLS setting is given (then the connection uses TLS).
+    /// Whether TLS is asked for (a CA, a client certificate or a ready configuration).
     pub fn enabled(&self) -> bool {
-        self.ca_file.is_some() || self.config.is_some()
+        self.ca_file.is_some() || self.client_cert.is_some() || self.config.is_some()
     }
 
     /// The rustls configuration: the one given, or one built from the files.
@@ -64,6 +64,13 @@ impl TlsOptions {
                 reason: format!("cannot load {what} from {}: {e}", path.display()),
             };
         let mut roots = RootCertStore::empty();
+        if self.ca_file.is_none() {
+            return Err(Error::TlsConfig {
+                reason: "a client certificate needs the CA of the server's certificate \
+                         (tls_ca_file) or a tls_config"
+                    .to_owned(),
+            });
+        }
         if let Some(ca) = &self.ca_file {
             let certs = CertificateDer::pem_file_iter(ca)
                 .map_err(|e| bad("the CA", ca, &e))?
