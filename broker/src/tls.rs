@@ -340,3 +340,43 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::identity_of;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    use rustls::pki_types::CertificateDer;
+
+    fn cert(cn: Option<&str>, sans: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().expect("key");
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.self_signed(&key).expect("certificate").der().clone()
+    }
+
+    #[test]
+    fn identity_is_the_common_name_else_the_first_dns_name() {
+        assert_eq!(
+            identity_of(&cert(Some("planner"), &["planner.svc"])).as_deref(),
+            Some("planner")
+        );
+        assert_eq!(
+            identity_of(&cert(None, &["worker-3.agents", "other.agents"])).as_deref(),
+            Some("worker-3.agents")
+        );
+        assert_eq!(
+            identity_of(&cert(None, &["10.0.0.1"])),
+            None,
+            "an IP SAN names no one"
+        );
+        assert_eq!(
+            identity_of(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])),
+            None
+        );
+    }
+}

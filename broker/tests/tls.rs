@@ -508,3 +508,49 @@ async fn reconnect_keeps_the_tls_settings() {
         assert!(Instant::now() < deadline, "no message on B");
     }
 }
+
+#[tokio::test]
+async fn failed_or_slow_handshakes_neither_block_accepting_nor_hold_connection_slots() {
+    use tokio::io::AsyncWriteExt;
+
+    let certs = Certs::new("slots");
+    let mut cfg = certs.config(false);
+    cfg.limits.max_connections = 2;
+    let server = start(cfg);
+    let addr = server.local_addr();
+    // Garbage instead of a ClientHello, several times over the limit.
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(b"HELLO? this is not TLS\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf))
+            .await;
+    }
+    // A client that connects and says nothing holds one slot until the handshake deadline,
+    // and does not hold up the next one.
+    let silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    let c = opts(&certs)
+        .connect(&addr.to_string())
+        .await
+        .expect("a TLS client is accepted next to a silent one");
+    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    drop(silent);
+    let deadline = Instant::now() + WAIT;
+    while server.tls_handshake_failures() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            server.tls_handshake_failures()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both slots are usable again: the failures gave theirs back.
+    let d = opts(&certs)
+        .connect(&addr.to_string())
+        .await
+        .expect("the second slot is free");
+    c.close().await.expect("close");
+    d.close().await.expect("close");
+    assert!(server.wait_drained(WAIT), "every slot given back");
+}
