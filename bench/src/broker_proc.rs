@@ -726,6 +726,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_goes_with_a_started_broker_and_its_certificates_are_written() {
+        let ext = BrokerTarget::resolve(Some("127.0.0.1:4800"), None, None, None, None)
+            .expect("a running broker");
+        assert!(
+            ext.clone().with_tls(true).is_err(),
+            "no --tls with --server"
+        );
+        assert!(ext.with_tls(false).is_ok());
+        let spawn = BrokerTarget::Spawn {
+            bin: PathBuf::from("agentwire"),
+            shards: None,
+            routing: None,
+            tls: false,
+        }
+        .with_tls(true)
+        .expect("a started broker takes --tls");
+        assert!(spawn.describe().ends_with(", TLS"), "{}", spawn.describe());
+        let rr = spawn
+            .with_routing(Routing::RoundRobin)
+            .expect("routing keeps TLS");
+        assert!(rr.describe().ends_with(", TLS"));
+
+        let dir =
+            std::env::temp_dir().join(format!("agentwire-bench-tls-test-{}", std::process::id()));
+        write_certificates(&dir).expect("certificates written");
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            let text = std::fs::read_to_string(dir.join(f)).expect("PEM file");
+            assert!(text.starts_with("-----BEGIN "), "{f}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn own_process_sample() {
         let s = ProcSample::read("/proc/self").expect("/proc/self is readable");
         assert!(s.rss_kib > 0);

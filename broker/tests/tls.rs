@@ -534,7 +534,11 @@ async fn failed_or_slow_handshakes_neither_block_accepting_nor_hold_connection_s
         .connect(&addr.to_string())
         .await
         .expect("a TLS client is accepted next to a silent one");
-    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
     drop(silent);
     let deadline = Instant::now() + WAIT;
     while server.tls_handshake_failures() < 6 {
