@@ -263,7 +263,7 @@ impl ConnectOptions {
         self
     }
 
-    /// Bound on opening the TCP connection and completing the handshake.
+    /// Bound on opening the TCP connection and completing the handshake (TLS included).
     pub fn connect_timeout(mut self, timeout: Duration) -> ConnectOptions {
         self.connect_timeout = timeout;
         self
