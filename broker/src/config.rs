@@ -30,7 +30,18 @@
 //! cert = "server.pem"             # certificate chain (PEM), leaf first
 //! key = "server.key"              # its private key (PEM: PKCS#8, PKCS#1 or SEC1)
 //! client_ca = "ca.pem"            # optional: require client certificates signed by these CAs
+//! [[users]]                       # none: the broker runs open (and says so in its log)
+//! name = "planner"
+//! token = "s3cret"                # or token_hash = "$argon2id$...", or public_key = "<base64>"
+//! publish = ["tasks.>"]           # allow lists (absent: everything); deny lists win
+//! subscribe = ["results.>"]
+//! deny_publish = ["tasks.admin.>"]
+//! components = ["planner"]        # component names this user may register (absent: any)
+//! allow_responses = true          # may answer requests it received (default true)
 //! ```
+//!
+//! `SIGHUP` re-reads the file and applies `[[users]]` and `[limits]` live (see
+//! [`crate::server::ServerHandle::reload`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -225,6 +236,93 @@ pub struct TlsConfig {
     pub client_ca: Option<std::path::PathBuf>,
 }
 
+/// A client user (`[[users]]`): how it proves who it is, and what it may do.
+///
+/// Exactly one credential: `token` (plaintext in the file; the broker warns),
+/// `token_hash` (an argon2 PHC string, `agentwire hash-token` prints one), or `public_key`
+/// (ed25519, base64; the client signs the INFO nonce; `agentwire keygen` makes a pair). A user
+/// with none of them can only be named by a verified TLS client certificate (mutual TLS).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user's name (unique; also the TLS certificate subject that names it).
+    pub name: String,
+    /// Plaintext token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Argon2 hash of the token (PHC string, `$argon2id$...`).
+    #[serde(default)]
+    pub token_hash: Option<String>,
+    /// Ed25519 public key, base64 (standard or URL-safe, padding optional).
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Subjects (wildcards allowed) it may publish to; absent: all.
+    #[serde(default)]
+    pub publish: Option<Vec<String>>,
+    /// Patterns it may subscribe to; absent: all.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// Denied for both publish and subscribe (wins over the allow lists).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Denied for publish.
+    #[serde(default)]
+    pub deny_publish: Vec<String>,
+    /// Denied for subscribe.
+    #[serde(default)]
+    pub deny_subscribe: Vec<String>,
+    /// Component names it may register as; absent: any.
+    #[serde(default)]
+    pub components: Option<Vec<String>>,
+    /// It may publish to the reply subject of a request delivered to it, whatever its publish
+    /// permissions (default true).
+    #[serde(default = "yes")]
+    pub allow_responses: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl UserConfig {
+    /// A user with a plaintext token and no restrictions (tests, examples).
+    pub fn with_token(name: &str, token: &str) -> UserConfig {
+        UserConfig {
+            name: name.to_owned(),
+            token: Some(token.to_owned()),
+            token_hash: None,
+            public_key: None,
+            publish: None,
+            subscribe: None,
+            deny: Vec::new(),
+            deny_publish: Vec::new(),
+            deny_subscribe: Vec::new(),
+            components: None,
+            allow_responses: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret (the hash is as good as one for offline guessing).
+        let red = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("token", &red(&self.token))
+            .field("token_hash", &red(&self.token_hash))
+            .field("public_key", &self.public_key)
+            .field("publish", &self.publish)
+            .field("subscribe", &self.subscribe)
+            .field("deny", &self.deny)
+            .field("deny_publish", &self.deny_publish)
+            .field("deny_subscribe", &self.deny_subscribe)
+            .field("components", &self.components)
+            .field("allow_responses", &self.allow_responses)
+            .finish()
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -250,6 +348,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// TLS on the client port and the admin API; `None`: plain TCP and HTTP.
     pub tls: Option<TlsConfig>,
+    /// Client users; none: no authentication (the broker runs open).
+    pub users: Vec<UserConfig>,
 }
 
 impl Default for Config {
@@ -267,8 +367,18 @@ impl Default for Config {
             lameduck_window_ms: 10_000,
             admin: AdminConfig::default(),
             tls: None,
+            users: Vec::new(),
         }
     }
+}
+
+/// What a reload applied ([`crate::server::ServerHandle::reload`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Users now configured.
+    pub users: usize,
+    /// Changed settings that apply only after a restart.
+    pub needs_restart: Vec<String>,
 }
 
 /// Why a configuration could not be loaded.
@@ -385,6 +495,7 @@ impl Config {
                 )));
             }
         }
+        crate::auth::Auth::compile(&self.users).map_err(ConfigError::Invalid)?;
         for t in &a.tokens {
             if t.token.len() < 16 {
                 return Err(ConfigError::Invalid(format!(

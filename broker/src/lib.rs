@@ -2,6 +2,7 @@
 //!
 //! - [`admin`] — the admin plane: registry, config center, load records, histograms, metrics,
 //!   HTTP API.
+//! - [`auth`] — client users: tokens, ed25519 keys, TLS identities; publish/subscribe rules.
 //! - [`config`] — configuration, limits and their defaults (TOML file + flags).
 //! - [`server`] — start-up, the acceptor, shutdown.
 //! - `shard` — one thread and event loop per shard; connections, batching, cross-shard queues.
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod routing;
 pub mod server;

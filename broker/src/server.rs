@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ReloadReport};
 use crate::shard::{self, Global};
 use crate::stats::StatsSnapshot;
 use crate::transport::Incoming;
@@ -107,6 +107,26 @@ impl ServerHandle {
         self.global.enter_lame_duck();
     }
 
+    /// Applies the users and limits of `config` while running (what `SIGHUP` does with the
+    /// config file): connections of removed users are closed with `ERR auth_failed`, changed
+    /// permissions and limits apply at once. Other settings need a restart: they are named in
+    /// the report and left as they are.
+    ///
+    /// # Errors
+    /// `config` does not validate; nothing is changed then.
+    pub fn reload(&self, config: &Config) -> Result<ReloadReport, ConfigError> {
+        self.global.reload(config)
+    }
+
+    /// Where `POST /api/v1/system/reload` (`agentwire reload`) reads the configuration from:
+    /// `agentwire serve` re-reads its config file and flags, as on `SIGHUP`.
+    pub fn set_reload_source(
+        &self,
+        source: impl Fn() -> Result<Config, String> + Send + Sync + 'static,
+    ) {
+        *self.global.reload_source.lock() = Some(Box::new(source));
+    }
+
     /// Whether lame duck was entered (by [`ServerHandle::lame_duck`] or the admin API).
     pub fn is_lame_duck(&self) -> bool {
         *self.global.lame.borrow()
@@ -185,6 +205,8 @@ pub fn start_with_listener(
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, StartError> {
     config.validate()?;
+    let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
+    log_auth(&auth);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (tls, admin_tls) = match &config.tls {
@@ -194,7 +216,7 @@ pub fn start_with_listener(
         ),
         None => (None, None),
     };
-    let global = Arc::new(Global::new(config, new_server_id())?);
+    let global = Arc::new(Global::new(config, new_server_id(), auth)?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
     let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), admin_tls)?;
@@ -250,6 +272,21 @@ pub fn start_with_listener(
     })
 }
 
+/// Says in the log whether clients must authenticate (never printing a secret).
+pub(crate) fn log_auth(auth: &crate::auth::Auth) {
+    if auth.enabled() {
+        tracing::info!(?auth, "client authentication on");
+        for u in auth.plaintext_users() {
+            tracing::warn!(
+                user = %u,
+                "user has a plaintext token in the config file; prefer token_hash (agentwire hash-token) or public_key"
+            );
+        }
+    } else {
+        tracing::info!("no [[users]] configured: clients are not authenticated (open broker)");
+    }
+}
+
 fn accept_loop(
     global: Arc<Global>,
     listener: std::net::TcpListener,
@@ -293,7 +330,7 @@ fn accept_loop(
                     continue;
                 }
             };
-            let max = global.config.limits.max_connections;
+            let max = global.limits.load().max_connections;
             if global.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
                 global.conn_count.fetch_sub(1, Ordering::Relaxed);
                 global.shards[0]

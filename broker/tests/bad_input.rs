@@ -272,6 +272,8 @@ async fn handshake_rules() {
             features: 0,
             name: b"future",
             token: b"",
+            public_key: b"",
+            signature: b"",
         },
     )
     .expect("encode");

@@ -18,6 +18,7 @@ use crate::error::{Error, ServerError};
 use crate::events::{ConnectionEvent, ConnectionEvents};
 use crate::headers::Headers;
 use crate::message::{Message, OutboundMessage};
+use crate::pending::{PendingLimits, SubscribeOptions};
 use crate::subscriber::Subscriber;
 
 /// What the server said about itself and this connection in its INFO frame.
@@ -282,7 +283,42 @@ impl Client {
     /// [`Error::InvalidSubject`] for a malformed pattern, [`Error::Closed`] once the connection
     /// is closed or draining.
     pub async fn subscribe(&self, subject: &str) -> Result<Subscriber, Error> {
-        self.subscribe_inner(subject, "").await
+        self.subscribe_inner(subject, "", self.inner.settings.pending_limits)
+            .await
+    }
+
+    /// Subscribes with [`SubscribeOptions`]: a queue group, and pending limits other than the
+    /// client's defaults ([`crate::ConnectOptions::subscription_pending_limits`]).
+    ///
+    /// ```no_run
+    /// use agentwire_client::SubscribeOptions;
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// // Only the latest few readings matter: keep at most 100 waiting, drop the rest.
+    /// let mut readings = client
+    ///     .subscribe_with("sensors.temp", SubscribeOptions::new().pending_limits(100, 1 << 20))
+    ///     .await?;
+    /// while let Some(reading) = readings.next().await {
+    ///     println!("{:?}", reading.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`], and [`Error::InvalidQueue`] for a malformed group name.
+    pub async fn subscribe_with(
+        &self,
+        subject: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscriber, Error> {
+        let queue = options.queue.as_deref().unwrap_or("");
+        if options.queue.is_some() {
+            validate_queue(queue.as_bytes()).map_err(|source| Error::InvalidQueue {
+                queue: queue.to_owned(),
+                source,
+            })?;
+        }
+        let limits = options.limits(self.inner.settings.pending_limits);
+        self.subscribe_inner(subject, queue, limits).await
     }
 
     /// Subscribes as a member of queue group `queue`: each message is delivered to one member
@@ -295,10 +331,16 @@ impl Client {
             queue: queue.to_owned(),
             source,
         })?;
-        self.subscribe_inner(subject, queue).await
+        self.subscribe_inner(subject, queue, self.inner.settings.pending_limits)
+            .await
     }
 
-    async fn subscribe_inner(&self, subject: &str, queue: &str) -> Result<Subscriber, Error> {
+    async fn subscribe_inner(
+        &self,
+        subject: &str,
+        queue: &str,
+        limits: PendingLimits,
+    ) -> Result<Subscriber, Error> {
         validate_pattern(subject.as_bytes()).map_err(|source| Error::InvalidSubject {
             subject: subject.to_owned(),
             source,
@@ -306,13 +348,15 @@ impl Client {
         let inner = &*self.inner;
         let (tx, rx) = mpsc::unbounded_channel();
         let sid = inner.alloc_sid();
-        let generation = {
+        let (generation, counters) = {
             let mut subs = lock(&inner.subs);
             if inner.is_closed() || inner.draining.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            subs.insert(sid, SubEntry::new(SubKind::Stream(tx), subject, queue));
-            inner.generation()
+            let (entry, counters) =
+                SubEntry::with_limits(SubKind::Stream(tx), subject, queue, limits);
+            subs.insert(sid, entry);
+            (inner.generation(), counters)
         };
         let mut guard = SubscribeGuard {
             inner,
@@ -321,7 +365,14 @@ impl Client {
         };
         inner.enqueue_sub(sid, subject, queue, generation).await?;
         guard.armed = false;
-        Ok(Subscriber::new(self.clone(), sid, subject, rx))
+        Ok(Subscriber::new(
+            self.clone(),
+            sid,
+            subject,
+            rx,
+            counters,
+            limits,
+        ))
     }
 
     /// Sends a request and waits for the first reply, up to `timeout`.

@@ -29,6 +29,7 @@ use crate::control::ControlState;
 use crate::error::{CloseReason, Error, ServerError};
 use crate::headers::Headers;
 use crate::message::Message;
+use crate::pending::{PendingCounters, PendingLimits};
 use crate::{ServerInfo, Statistics};
 
 /// Locks a mutex, ignoring poisoning: no code in this crate panics while holding one, and the
@@ -48,6 +49,12 @@ pub(crate) struct Settings {
     pub(crate) stamp_send_time: bool,
     /// Bytes publishes may buffer while the client reconnects.
     pub(crate) reconnect_buffer_size: usize,
+    /// Default pending limits of a subscription.
+    pub(crate) pending_limits: crate::pending::PendingLimits,
+    /// Nothing read for this long: the keepalive PINGs the server (zero: no keepalive).
+    pub(crate) ping_interval: Duration,
+    /// Keepalive PINGs in a row with nothing read back before the connection is stale.
+    pub(crate) max_pings_out: u32,
 }
 
 /// Which side calls [`Inner::teardown`] (so it does not abort itself).
@@ -109,11 +116,34 @@ pub(crate) struct SubEntry {
     pub(crate) server_limited: bool,
     /// Messages of the current read batch not yet sent to the stream.
     pub(crate) pending: Vec<Message>,
+    /// Bytes of `pending` (as counted toward the byte limit).
+    pub(crate) pending_bytes: u64,
+    /// The stream's pending counters when the current batch's first message for it came (the
+    /// consumer only lowers them meanwhile, so this plus `pending` never under-counts).
+    pub(crate) base: (u64, u64),
+    /// Limits on what the stream may hold that its consumer has not taken.
+    pub(crate) limits: PendingLimits,
+    /// Pending and dropped counts shared with the [`crate::Subscriber`].
+    pub(crate) counters: Arc<PendingCounters>,
+    /// Dropping messages (a limit was hit and the stream has not drained to half the limits
+    /// since): the next drop is not reported again.
+    pub(crate) slow: bool,
 }
 
 impl SubEntry {
     pub(crate) fn new(kind: SubKind, subject: &str, queue: &str) -> SubEntry {
-        SubEntry {
+        SubEntry::with_limits(kind, subject, queue, PendingLimits::default()).0
+    }
+
+    /// An entry with pending limits; returns the counters to share with its subscriber.
+    pub(crate) fn with_limits(
+        kind: SubKind,
+        subject: &str,
+        queue: &str,
+        limits: PendingLimits,
+    ) -> (SubEntry, Arc<PendingCounters>) {
+        let counters = Arc::new(PendingCounters::default());
+        let entry = SubEntry {
             kind,
             subject: subject.to_owned(),
             queue: queue.to_owned(),
@@ -121,6 +151,29 @@ impl SubEntry {
             max: 0,
             server_limited: false,
             pending: Vec::new(),
+            pending_bytes: 0,
+            base: (0, 0),
+            limits,
+            counters: counters.clone(),
+            slow: false,
+        };
+        (entry, counters)
+    }
+
+    /// Hands the messages of the current batch to the stream, counted as pending. `false` when
+    /// the subscriber is gone.
+    pub(crate) fn send_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        match &self.kind {
+            SubKind::Stream(tx) => {
+                self.counters.add(batch.len() as u64, bytes);
+                tx.send(batch).is_ok()
+            }
+            SubKind::Inbox => true,
         }
     }
 }
@@ -623,6 +676,41 @@ impl Inner {
         self.events
             .emit(crate::events::ConnectionEvent::Disconnected { reason: why });
         tokio::spawn(crate::reconnect::run(self.clone()));
+    }
+
+    /// Whether connection `generation` is the live one (not dropped, reconnecting or closed).
+    pub(crate) fn is_generation(&self, generation: u64) -> bool {
+        let w = self.write.lock();
+        !w.closed && !w.disconnected && w.generation == generation
+    }
+
+    /// The keepalive found connection `generation` stale: `pings` PINGs, `interval` apart, and
+    /// nothing read. With reconnect on it is a drop like EOF ([`Inner::connection_lost`], the
+    /// reason says `stale connection`); without, the client closes with
+    /// [`Error::StaleConnection`].
+    pub(crate) fn connection_stale(
+        self: &Arc<Self>,
+        generation: u64,
+        pings: u32,
+        interval: Duration,
+    ) {
+        tracing::warn!(
+            client_id = self.info.client_id,
+            pings,
+            ?interval,
+            "stale connection: the server answered none of the keepalive PINGs"
+        );
+        if self.reconnect.is_none() {
+            if !self.is_generation(generation) {
+                return;
+            }
+            self.teardown(CloseReason::Stale { pings, interval }, Origin::User);
+            return;
+        }
+        let why = CloseReason::Stale { pings, interval }
+            .to_error()
+            .to_string();
+        self.connection_lost(Origin::User, generation, why);
     }
 
     /// Closes gracefully and waits until the connection is torn down, bounded by the request

@@ -39,6 +39,10 @@ pub const DEFAULT_RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
 pub const DEFAULT_RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// Default bytes publishes may buffer while the client reconnects (8 MiB).
 pub const DEFAULT_RECONNECT_BUFFER_SIZE: usize = 8 << 20;
+/// Default time with nothing read from the server after which the client PINGs it.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default keepalive PINGs in a row with nothing read back before the connection is stale.
+pub const DEFAULT_MAX_PINGS_OUT: u32 = 2;
 
 /// Options for a connection, as a builder.
 ///
@@ -70,6 +74,10 @@ pub struct ConnectOptions {
     reconnect_delay_max: Duration,
     reconnect_buffer_size: usize,
     tls: TlsOptions,
+    credentials: crate::Credentials,
+    pending_limits: crate::pending::PendingLimits,
+    ping_interval: Duration,
+    max_pings_out: u32,
 }
 
 impl Default for ConnectOptions {
@@ -81,7 +89,8 @@ impl Default for ConnectOptions {
 impl ConnectOptions {
     /// Defaults: no name, 5 s connect timeout, 10 s request timeout, 8 MiB write buffer limit,
     /// 64 KiB read chunks, no server list, reconnect on, unlimited reconnect attempts, reconnect
-    /// backoff from 50 ms to 2 s.
+    /// backoff from 50 ms to 2 s, keepalive PINGs after 5 s of silence (stale after 2), and
+    /// subscriptions holding at most 65,536 messages and 64 MiB not yet taken.
     pub fn new() -> ConnectOptions {
         ConnectOptions {
             name: String::new(),
@@ -97,7 +106,78 @@ impl ConnectOptions {
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
             tls: TlsOptions::default(),
+            credentials: crate::Credentials::None,
+            pending_limits: crate::pending::PendingLimits::default(),
+            ping_interval: DEFAULT_PING_INTERVAL,
+            max_pings_out: DEFAULT_MAX_PINGS_OUT,
         }
+    }
+
+    /// Authenticates with a token (`[[users]] token` or `token_hash` on the server). Replaces
+    /// credentials set before. Reconnects use it too.
+    pub fn token(mut self, token: impl Into<String>) -> ConnectOptions {
+        self.credentials = crate::Credentials::Token(token.into());
+        self
+    }
+
+    /// Authenticates with `credentials` (a token or an ed25519 key pair, e.g. from
+    /// [`crate::Credentials::from_file`]). Replaces credentials set before.
+    pub fn credentials(mut self, credentials: crate::Credentials) -> ConnectOptions {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The default pending limits of this client's subscriptions: the most messages and bytes
+    /// (subject, reply, headers and payload) a subscription holds that its consumer has not
+    /// taken (defaults [`crate::DEFAULT_PENDING_MSGS`] and [`crate::DEFAULT_PENDING_BYTES`];
+    /// each at least 1). Past either, new messages for it are dropped, counted
+    /// ([`crate::Subscriber::dropped`]) and reported
+    /// ([`crate::ConnectionEvent::SlowConsumer`]); memory stays bounded and the connection and
+    /// other subscriptions keep flowing. [`crate::SubscribeOptions::pending_limits`] overrides
+    /// them for one subscription.
+    ///
+    /// ```no_run
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// let client = ConnectOptions::new()
+    ///     .subscription_pending_limits(10_000, 16 << 20)
+    ///     .connect("127.0.0.1:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn subscription_pending_limits(mut self, msgs: usize, bytes: usize) -> ConnectOptions {
+        self.pending_limits = crate::pending::PendingLimits::new(msgs, bytes);
+        self
+    }
+
+    /// Client keepalive: when nothing has been read from the server for this long, the client
+    /// PINGs it; after [`ConnectOptions::max_pings_out`] such PINGs with still nothing read,
+    /// the connection is stale and dropped (reconnecting when on, else the client closes with
+    /// [`Error::StaleConnection`]). Any bytes read count as a sign of life. Default 5 s;
+    /// [`Duration::ZERO`] turns the keepalive off.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// // Notice a half-open connection within about 3 s.
+    /// let client = ConnectOptions::new()
+    ///     .ping_interval(Duration::from_secs(1))
+    ///     .max_pings_out(2)
+    ///     .connect("127.0.0.1:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn ping_interval(mut self, interval: Duration) -> ConnectOptions {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Keepalive PINGs in a row with nothing read back before the connection counts as stale
+    /// (default 2, at least 1); see [`ConnectOptions::ping_interval`].
+    pub fn max_pings_out(mut self, max: u32) -> ConnectOptions {
+        self.max_pings_out = max.max(1);
+        self
     }
 
     /// Connects over TLS, trusting the CA certificates of this PEM file (and no other) for the
@@ -318,6 +398,9 @@ impl ConnectOptions {
             write_buffer_limit: self.write_buffer_limit,
             stamp_send_time: self.stamp_send_time,
             reconnect_buffer_size: self.reconnect_buffer_size,
+            pending_limits: self.pending_limits,
+            ping_interval: self.ping_interval,
+            max_pings_out: self.max_pings_out,
         };
         let read_size = self.read_buffer_size;
         let reconnect = self
@@ -392,7 +475,12 @@ impl ConnectOptions {
                 }
             }
         };
-        let handshake = handshake(&mut stream, &self.name, self.read_buffer_size);
+        let handshake = handshake(
+            &mut stream,
+            &self.name,
+            &self.credentials,
+            self.read_buffer_size,
+        );
         let (info, leftover) = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(done)) => done,
             Ok(Err(source)) => {
@@ -444,6 +532,7 @@ pub(crate) fn start_tasks(
     let writer = tokio::spawn(writer::run(inner.clone(), wr, generation));
     *lock(&inner.reader_task) = Some(reader.abort_handle());
     *lock(&inner.writer_task) = Some(writer.abort_handle());
+    crate::keepalive::start(inner, generation);
     let stale = {
         let w = inner.write.lock();
         w.closed || w.generation != generation
@@ -491,7 +580,7 @@ async fn fill(
 
 /// What the handshake does with one decoded frame.
 enum Next {
-    Info(ServerInfo),
+    Info(ServerInfo, Vec<u8>),
     Pong,
     Ping,
     Skip,
@@ -501,6 +590,7 @@ enum Next {
 async fn handshake(
     stream: &mut Stream,
     name: &str,
+    credentials: &crate::Credentials,
     read_size: usize,
 ) -> Result<(ServerInfo, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(read_size);
@@ -517,15 +607,18 @@ async fn handshake(
         let expected = if info.is_none() { "INFO" } else { "PONG" };
         let next = match frame {
             Frame::Err(e) => return Err(HandshakeError::Rejected(ServerError::from_frame(&e))),
-            Frame::Info(i) if info.is_none() => Next::Info(ServerInfo {
-                server_id: String::from_utf8_lossy(i.server_id).into_owned(),
-                client_id: i.client_id,
-                shard_id: i.shard_id,
-                shard_count: i.shard_count,
-                max_payload: i.max_payload,
-                version: i.version,
-                features: i.features,
-            }),
+            Frame::Info(i) if info.is_none() => Next::Info(
+                ServerInfo {
+                    server_id: String::from_utf8_lossy(i.server_id).into_owned(),
+                    client_id: i.client_id,
+                    shard_id: i.shard_id,
+                    shard_count: i.shard_count,
+                    max_payload: i.max_payload,
+                    version: i.version,
+                    features: i.features,
+                },
+                i.nonce.to_vec(),
+            ),
             Frame::Pong if info.is_some() => Next::Pong,
             Frame::Ping if info.is_some() => Next::Ping,
             Frame::Info(_) | Frame::Unknown { .. } if info.is_some() => Next::Skip,
@@ -538,9 +631,10 @@ async fn handshake(
         };
         buf.advance(len);
         match next {
-            Next::Info(i) => {
+            Next::Info(i, nonce) => {
                 max_frame = (i.max_payload as usize).saturating_add(FRAME_OVERHEAD_ALLOWANCE);
-                let mut out = BytesMut::with_capacity(64 + name.len());
+                let (token, public_key, signature) = credentials.hello_fields(&nonce);
+                let mut out = BytesMut::with_capacity(160 + name.len() + token.len());
                 encode_hello(
                     &mut out,
                     &HelloFrame {
@@ -548,10 +642,12 @@ async fn handshake(
                         // Want only what the server offers (PROTOCOL.md, feature bits).
                         features: (features::HEADERS | features::NO_RESPONDERS) & i.features,
                         name: name.as_bytes(),
-                        token: b"",
+                        token: &token,
+                        public_key: &public_key,
+                        signature: &signature,
                     },
                 )
-                .expect("the name's length was checked in connect; the token is empty");
+                .map_err(|e| HandshakeError::Credentials(e.to_string()))?;
                 encode_ping(&mut out);
                 stream.write_all(&out).await.map_err(handshake_io)?;
                 stream.flush().await.map_err(handshake_io)?;

@@ -697,6 +697,7 @@ pub(crate) fn on_err(inner: &Inner, err: &ServerError, pongs_seen: u64) -> bool 
             ErrorCode::InvalidControl
                 | ErrorCode::NotRegistered
                 | ErrorCode::DuplicateInstance
+                | ErrorCode::PermissionDenied
                 | ErrorCode::UnknownOp
         )
     );

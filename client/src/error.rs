@@ -75,6 +75,9 @@ pub enum HandshakeError {
     /// The server closed the connection before the handshake completed.
     #[error("the server closed the connection during the handshake")]
     ClosedByServer,
+    /// The credentials cannot be sent (e.g. a token longer than 65,535 bytes).
+    #[error("cannot send the credentials: {0}")]
+    Credentials(String),
     /// The server sent bytes that are not a valid frame.
     #[error("the server sent a malformed frame: {0} — is this an agentwire server?")]
     Protocol(DecodeError),
@@ -240,6 +243,16 @@ pub enum Error {
         /// Failed attempts in a row.
         attempts: u32,
     },
+    /// The client keepalive found the connection stale: nothing was read from the server for
+    /// `pings` PINGs sent `interval` apart ([`crate::ConnectOptions::ping_interval`]). With
+    /// reconnect on the client reconnects instead; this is the close reason with it off.
+    #[error("stale connection: nothing read from the server for {pings} keepalive PINGs sent {interval:?} apart — is the server or the network down?")]
+    StaleConnection {
+        /// Keepalive PINGs sent with nothing read back ([`crate::ConnectOptions::max_pings_out`]).
+        pings: u32,
+        /// The ping interval.
+        interval: Duration,
+    },
     /// [`crate::Client::respond`] was given a message that carries no reply subject.
     #[error("the message on {subject} has no reply subject to respond to")]
     NoReplySubject {
@@ -323,6 +336,13 @@ pub(crate) enum CloseReason {
     Disconnected,
     /// Reconnecting failed this many times in a row; the client closed.
     ReconnectFailed(u32),
+    /// The keepalive sent `pings` PINGs, `interval` apart, and read nothing back.
+    Stale {
+        /// PINGs sent with nothing read.
+        pings: u32,
+        /// The ping interval.
+        interval: Duration,
+    },
 }
 
 impl CloseReason {
@@ -333,6 +353,10 @@ impl CloseReason {
             CloseReason::Disconnected => Error::Disconnected,
             CloseReason::ReconnectFailed(attempts) => Error::ReconnectFailed {
                 attempts: *attempts,
+            },
+            CloseReason::Stale { pings, interval } => Error::StaleConnection {
+                pings: *pings,
+                interval: *interval,
             },
         }
     }

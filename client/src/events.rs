@@ -25,9 +25,10 @@ pub enum ConnectionEvent {
         /// The server's address as given.
         addr: String,
     },
-    /// The connection dropped (EOF or a socket error); the client reconnects.
+    /// The connection dropped (EOF, a socket error, or the keepalive found it stale); the
+    /// client reconnects.
     Disconnected {
-        /// What ended it, e.g. `EOF` or the socket error.
+        /// What ended it, e.g. `EOF`, the socket error, or `stale connection: ...`.
         reason: String,
     },
     /// The client reconnected to `addr` after a drop, re-sent its subscriptions (and
@@ -49,7 +50,22 @@ pub enum ConnectionEvent {
     },
     /// The server reported this client as a slow consumer (ERR `slow_consumer`; also reported
     /// as [`ConnectionEvent::ServerError`]).
-    SlowConsumer,
+    ServerSlowConsumer,
+    /// A subscription of this client reached its pending limits
+    /// ([`crate::ConnectOptions::subscription_pending_limits`],
+    /// [`crate::SubscribeOptions::pending_limits`]): its consumer is not keeping up, and new
+    /// messages for it are dropped until it catches up. Sent once when the subscription starts
+    /// dropping; again only after it has drained to half its limits and starts dropping anew.
+    /// Other subscriptions and the connection are not affected.
+    SlowConsumer {
+        /// The subscription id ([`crate::Subscriber::sid`]).
+        sid: u32,
+        /// The subject or pattern subscribed to.
+        subject: String,
+        /// Messages the subscription has dropped in all, this one included
+        /// ([`crate::Subscriber::dropped`] counts on).
+        dropped: u64,
+    },
     /// The client closed for good; the stream ends after this event.
     Closed {
         /// Why, as the error later calls get.

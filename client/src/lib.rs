@@ -70,16 +70,26 @@
 //! The reader decodes frames from large read chunks and hands out messages whose fields are
 //! slices of those chunks. [`Client::flush`] is a PING answered by a PONG once the server has
 //! read everything sent before it.
+//!
+//! Each subscription buffers at most its pending limits of messages and bytes that its consumer
+//! has not taken ([`ConnectOptions::subscription_pending_limits`], [`SubscribeOptions`]); past
+//! them new messages are dropped ([`Subscriber::dropped`], [`ConnectionEvent::SlowConsumer`])
+//! rather than held in memory or waited for. A keepalive task per connection PINGs a server it
+//! has read nothing from for [`ConnectOptions::ping_interval`] and drops the connection as stale
+//! after [`ConnectOptions::max_pings_out`] PINGs with no answer.
 
 mod client;
 mod conn;
 mod connect;
 mod control;
+mod credentials;
 mod error;
 mod events;
 mod headers;
+mod keepalive;
 mod load;
 mod message;
+mod pending;
 mod reader;
 mod reconnect;
 mod subject;
@@ -95,16 +105,18 @@ pub use agentwire_protocol::{ErrorCode, SubjectError};
 pub use bytes::Bytes;
 pub use client::{Client, ServerInfo, Statistics};
 pub use connect::{
-    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE,
-    DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX, DEFAULT_RECONNECT_DELAY_MIN,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
+    ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PINGS_OUT, DEFAULT_PING_INTERVAL,
+    DEFAULT_READ_BUFFER_SIZE, DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX,
+    DEFAULT_RECONNECT_DELAY_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
 };
 pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
+pub use credentials::{Credentials, CredentialsError};
 pub use error::{Error, HandshakeError, ServerError};
 pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
 pub use headers::{Headers, Iter as HeadersIter};
 pub use load::LoadReporter;
 pub use message::{Message, OutboundMessage};
+pub use pending::{SubscribeOptions, DEFAULT_PENDING_BYTES, DEFAULT_PENDING_MSGS};
 pub use subject::Subject;
 pub use subscriber::Subscriber;
 
@@ -144,6 +156,7 @@ mod tests {
         assert_send_sync::<Error>();
         assert_send_type::<Subscriber>();
         assert_send_sync::<Membership>();
+        assert_send_sync::<SubscribeOptions>();
         assert_send_sync::<LoadReporter>();
         assert_send_sync::<ConfigSnapshot>();
         assert_send_type::<ConfigWatch>();
@@ -157,6 +170,7 @@ mod tests {
         assert_send(&c.publish_with_headers("a", h, "b"));
         assert_send(&c.request("a", "b", std::time::Duration::from_secs(1)));
         assert_send(&c.subscribe("a"));
+        assert_send(&c.subscribe_with("a", SubscribeOptions::new()));
         assert_send(&c.flush());
         assert_send(&c.drain());
         assert_send(&c.close());

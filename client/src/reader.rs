@@ -20,16 +20,18 @@ use tokio::io::AsyncReadExt;
 
 use crate::conn::{lock, Inner, Origin, ReplyOutcome, SubEntry, SubKind};
 use crate::error::{CloseReason, Error, ServerError};
+use crate::events::ConnectionEvent;
 use crate::headers::Headers;
 use crate::message::Message;
+use crate::pending::pending_size;
 use crate::subject::Subject;
 
 /// Spare capacity below which the read buffer is grown before the next read.
 const MIN_SPARE: usize = 4096;
 
 /// Runs until EOF, a socket error, a malformed frame or a fatal ERR. A malformed frame or a
-/// fatal ERR tears down; EOF or a socket error is a dropped connection (of write generation
-/// `generation`), which reconnects when reconnect is on.
+/// fatal ERR tears down; EOF, a socket error, LAMEDUCK or `ERR server_shutdown` is a dropped
+/// connection (of write generation `generation`), which reconnects when reconnect is on.
 pub(crate) async fn run(
     inner: Arc<Inner>,
     mut rd: ReadHalf,
@@ -42,6 +44,21 @@ pub(crate) async fn run(
     let reason = loop {
         match process(&inner, &mut buf, max_frame) {
             Ok(None) => {}
+            Ok(Some(fatal))
+                if inner.reconnect.is_some()
+                    && fatal.code == agentwire_protocol::ErrorCode::ServerShutdown.as_u16() =>
+            {
+                // The server is going away (shutdown, restart, lame duck): not a refusal of
+                // this client, so reconnect like after a dropped connection.
+                tracing::info!(error = %fatal, "server shutting down: reconnecting");
+                inner.lame_duck.store(false, Ordering::Release);
+                inner.connection_lost(
+                    Origin::Reader,
+                    generation,
+                    format!("server shutting down: {}", fatal.message),
+                );
+                return;
+            }
             Ok(Some(fatal)) => {
                 tracing::warn!(error = %fatal, "server closed the connection");
                 break CloseReason::Server(fatal);
@@ -123,6 +140,7 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
     let mut subs = None;
     let pongs_before = inner.pongs_seen.load(Ordering::Relaxed);
     let mut touched: Vec<u32> = Vec::new();
+    let mut slow: Vec<ConnectionEvent> = Vec::new();
     let mut pings = 0usize;
     let mut pongs = 0usize;
     let mut msgs = 0u64;
@@ -151,7 +169,7 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
             Frame::Msg(m) => {
                 msgs += 1;
                 let subs = subs.get_or_insert_with(|| lock(&inner.subs));
-                dispatch(inner, subs, &mut touched, batch, &m);
+                dispatch(inner, subs, &mut touched, &mut slow, batch, &m);
             }
             Frame::Ping => pings += 1,
             Frame::Pong => {
@@ -186,6 +204,9 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
     if let Some(mut subs) = subs {
         send_pending(&mut subs, &mut touched);
     }
+    for ev in slow {
+        inner.events.emit(ev);
+    }
     if msgs > 0 {
         inner.in_msgs.fetch_add(msgs, Ordering::Relaxed);
     }
@@ -216,13 +237,12 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
 
 /// Reports an ERR on the connection's event stream.
 fn report_server_error(inner: &Inner, err: &ServerError) {
-    use crate::events::ConnectionEvent;
     inner.events.emit(ConnectionEvent::ServerError {
         code: err.code,
         message: err.message.clone(),
     });
     if err.error_code() == Some(agentwire_protocol::ErrorCode::SlowConsumer) {
-        inner.events.emit(ConnectionEvent::SlowConsumer);
+        inner.events.emit(ConnectionEvent::ServerSlowConsumer);
     }
 }
 
@@ -232,24 +252,20 @@ fn send_pending(subs: &mut FxHashMap<u32, SubEntry>, touched: &mut Vec<u32>) {
         let Some(entry) = subs.get_mut(&sid) else {
             continue;
         };
-        if entry.pending.is_empty() {
-            continue;
-        }
-        let batch = std::mem::take(&mut entry.pending);
-        if let SubKind::Stream(tx) = &entry.kind {
-            if tx.send(batch).is_err() {
-                subs.remove(&sid);
-            }
+        if !entry.send_pending() {
+            subs.remove(&sid);
         }
     }
 }
 
 /// Queues one MSG for its subscription (sent at the end of the batch); a MSG for an unknown
-/// sid (late, after an unsubscribe) is dropped.
+/// sid (late, after an unsubscribe) is dropped, and so is one past the subscription's pending
+/// limits (counted, and the first of a run reported in `slow`).
 fn dispatch(
     inner: &Inner,
     subs: &mut FxHashMap<u32, SubEntry>,
     touched: &mut Vec<u32>,
+    slow: &mut Vec<ConnectionEvent>,
     frame: &Bytes,
     m: &MsgFrame<'_>,
 ) {
@@ -259,27 +275,20 @@ fn dispatch(
     match &entry.kind {
         SubKind::Inbox => deliver_reply(inner, frame, m),
         SubKind::Stream(tx) => {
-            // Counted even when the message is unusable, so the count agrees with the server's
-            // for auto-unsubscribe.
+            // Counted even when the message is unusable or dropped, so the count agrees with
+            // the server's for auto-unsubscribe.
             entry.delivered += 1;
             let open = !tx.is_closed();
             if open {
                 if let Some(msg) = build_message(frame, m) {
-                    if entry.pending.is_empty() {
-                        touched.push(m.sid);
-                    }
-                    entry.pending.push(msg);
+                    queue_within_limits(entry, m.sid, msg, touched, slow);
                 }
             }
             let limit_reached = entry.max != 0 && entry.delivered >= entry.max;
             if !open || limit_reached {
                 let server_limited = entry.server_limited;
                 if let Some(mut entry) = subs.remove(&m.sid) {
-                    if let SubKind::Stream(tx) = &entry.kind {
-                        if !entry.pending.is_empty() {
-                            let _ = tx.send(std::mem::take(&mut entry.pending));
-                        }
-                    }
+                    entry.send_pending();
                 }
                 if limit_reached && !server_limited {
                     let sid = m.sid;
@@ -290,6 +299,54 @@ fn dispatch(
                 }
             }
         }
+    }
+}
+
+/// Adds `msg` to the entry's batch if it fits the pending limits; otherwise drops and counts
+/// it, and reports the first drop of a run. A run ends once an accepted message leaves the
+/// subscription at half its limits or below.
+#[inline]
+fn queue_within_limits(
+    entry: &mut SubEntry,
+    sid: u32,
+    msg: Message,
+    touched: &mut Vec<u32>,
+    slow: &mut Vec<ConnectionEvent>,
+) {
+    let size = pending_size(&msg);
+    if entry.pending.is_empty() {
+        // First message of this batch for it: what the consumer has not taken yet.
+        entry.base = entry.counters.load();
+    }
+    let msgs = entry.base.0 + entry.pending.len() as u64 + 1;
+    let bytes = entry.base.1 + entry.pending_bytes + size;
+    let limits = entry.limits;
+    if msgs <= limits.msgs && bytes <= limits.bytes {
+        if entry.pending.is_empty() {
+            touched.push(sid);
+        }
+        entry.pending.push(msg);
+        entry.pending_bytes += size;
+        if entry.slow && msgs <= limits.msgs / 2 && bytes <= limits.bytes / 2 {
+            entry.slow = false;
+        }
+        return;
+    }
+    let dropped = entry.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+    if !entry.slow {
+        entry.slow = true;
+        tracing::warn!(
+            sid,
+            subject = %entry.subject,
+            pending_msgs = msgs - 1,
+            pending_bytes = bytes - size,
+            "slow consumer: the subscription's pending limit is reached; dropping messages"
+        );
+        slow.push(ConnectionEvent::SlowConsumer {
+            sid,
+            subject: entry.subject.clone(),
+            dropped,
+        });
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`Subscriber`]: the stream of messages of one subscription.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use agentwire_protocol::encode_unsub;
@@ -11,6 +13,7 @@ use crate::client::Client;
 use crate::conn::lock;
 use crate::error::Error;
 use crate::message::Message;
+use crate::pending::{pending_size, PendingCounters, PendingLimits};
 
 /// The messages of one subscription, as a [`Stream`] (or with [`Subscriber::next`]).
 ///
@@ -19,8 +22,14 @@ use crate::message::Message;
 /// [`Client::drain`], [`Client::close`], or the connection closing. Dropping a subscriber
 /// unsubscribes it. A subscriber keeps its connection open, like a [`Client`] clone.
 ///
-/// Received messages wait in an unbounded queue until read: read them promptly (a server-side
-/// slow-consumer limit protects the broker, not this process's memory).
+/// Received messages wait here until read, up to the subscription's pending limits (default
+/// [`DEFAULT_PENDING_MSGS`](crate::DEFAULT_PENDING_MSGS) messages and
+/// [`DEFAULT_PENDING_BYTES`](crate::DEFAULT_PENDING_BYTES) bytes; see
+/// [`ConnectOptions::subscription_pending_limits`](crate::ConnectOptions::subscription_pending_limits)
+/// and [`SubscribeOptions`](crate::SubscribeOptions)). Past a limit new messages are dropped,
+/// counted by [`Subscriber::dropped`] and reported as
+/// [`ConnectionEvent::SlowConsumer`](crate::ConnectionEvent::SlowConsumer): a consumer that
+/// stops reading costs bounded memory and never holds up the connection or other subscriptions.
 #[derive(Debug)]
 pub struct Subscriber {
     client: Client,
@@ -35,6 +44,13 @@ pub struct Subscriber {
     limit: Option<u64>,
     /// Whether dropping this still has to unsubscribe.
     active: bool,
+    /// Pending and dropped counts, shared with the reader.
+    counters: Arc<PendingCounters>,
+    /// Limits on what may wait here.
+    limits: PendingLimits,
+    /// Messages (and their bytes) taken from the current batch and not yet subtracted from
+    /// `counters` (done once the batch is finished: one update per batch, not per message).
+    taken: (u64, u64),
 }
 
 impl Subscriber {
@@ -43,6 +59,8 @@ impl Subscriber {
         sid: u32,
         subject: &str,
         rx: mpsc::UnboundedReceiver<Vec<Message>>,
+        counters: Arc<PendingCounters>,
+        limits: PendingLimits,
     ) -> Subscriber {
         Subscriber {
             client,
@@ -53,6 +71,49 @@ impl Subscriber {
             yielded: 0,
             limit: None,
             active: true,
+            counters,
+            limits,
+            taken: (0, 0),
+        }
+    }
+
+    /// Messages and bytes received for this subscription and not yet taken from it (bytes as
+    /// counted toward the limit: subject, reply, headers and payload). At most the pending
+    /// limits ([`Subscriber::pending_limits`]).
+    ///
+    /// ```no_run
+    /// # async fn example(client: agentwire_client::Client) -> Result<(), agentwire_client::Error> {
+    /// let sub = client.subscribe("telemetry.>").await?;
+    /// let (msgs, bytes) = sub.pending();
+    /// if sub.dropped() > 0 {
+    ///     eprintln!("falling behind: {msgs} messages ({bytes} B) waiting, {} dropped", sub.dropped());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn pending(&self) -> (u64, u64) {
+        let (msgs, bytes) = self.counters.load();
+        (
+            msgs.saturating_sub(self.taken.0),
+            bytes.saturating_sub(self.taken.1),
+        )
+    }
+
+    /// Messages dropped because this subscription was at its pending limits when they arrived.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// This subscription's pending limits: (messages, bytes).
+    pub fn pending_limits(&self) -> (u64, u64) {
+        (self.limits.msgs, self.limits.bytes)
+    }
+
+    /// Subtracts what was taken from the batch just finished from the shared counters.
+    #[inline]
+    fn release_taken(&mut self) {
+        if self.taken.0 != 0 {
+            let (msgs, bytes) = std::mem::take(&mut self.taken);
+            self.counters.sub(msgs, bytes);
         }
     }
 
@@ -79,8 +140,14 @@ impl Subscriber {
         loop {
             if let Some(m) = self.batch.next() {
                 self.yielded += 1;
+                self.taken.0 += 1;
+                self.taken.1 += pending_size(&m);
+                if self.batch.len() == 0 {
+                    self.release_taken();
+                }
                 return Poll::Ready(Some(m));
             }
+            self.release_taken();
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
                 Poll::Ready(None) => return Poll::Ready(None),

@@ -490,7 +490,7 @@ async fn events_report_server_errors_and_slow_consumer() {
     );
     assert_eq!(
         next_event(&mut events).await,
-        Some(ConnectionEvent::SlowConsumer)
+        Some(ConnectionEvent::ServerSlowConsumer)
     );
     client.close().await.expect("close");
 }

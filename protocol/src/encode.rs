@@ -239,14 +239,33 @@ pub fn encode_err(dst: &mut BytesMut, code: u16, fatal: bool, message: &str) {
 pub fn encode_hello(dst: &mut BytesMut, hello: &HelloFrame<'_>) -> Result<(), EncodeError> {
     let nl = check_u16("name", hello.name.len())?;
     let tl = check_u16("token", hello.token.len())?;
-    let len = total(&[HELLO_FIXED, hello.name.len(), hello.token.len()])?;
-    head(dst, len, op::HELLO, 0);
+    let ext = !hello.public_key.is_empty() || !hello.signature.is_empty();
+    let pl = check_u16("public_key", hello.public_key.len())?;
+    let sl = check_u16("signature", hello.signature.len())?;
+    let ext_len = if ext {
+        4 + hello.public_key.len() + hello.signature.len()
+    } else {
+        0
+    };
+    let len = total(&[HELLO_FIXED, hello.name.len(), hello.token.len(), ext_len])?;
+    head(
+        dst,
+        len,
+        op::HELLO,
+        if ext { flags::HELLO_AUTH_EXT } else { 0 },
+    );
     dst.put_u16_le(hello.version);
     dst.put_u32_le(hello.features);
     dst.put_u16_le(nl);
     dst.put_u16_le(tl);
     dst.put_slice(hello.name);
     dst.put_slice(hello.token);
+    if ext {
+        dst.put_u16_le(pl);
+        dst.put_u16_le(sl);
+        dst.put_slice(hello.public_key);
+        dst.put_slice(hello.signature);
+    }
     Ok(())
 }
 

@@ -41,9 +41,9 @@ pub enum ErrorCode {
     UnknownSid = 13,
     /// The server is shutting down. Fatal.
     ServerShutdown = 14,
-    /// Authentication failed (reserved for the auth work). Fatal.
+    /// The HELLO proves no configured user, or the user was removed by a reload. Fatal.
     AuthFailed = 15,
-    /// Publish or subscribe not permitted (reserved for the auth work).
+    /// Publish, subscribe or registration not permitted for this user; the frame is dropped.
     PermissionDenied = 16,
     /// The client sent an op that only servers send (INFO, MSG, ERR) or a second HELLO.
     UnexpectedOp = 17,

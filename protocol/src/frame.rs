@@ -89,7 +89,26 @@ pub mod flags {
     pub const MSG_NO_RESPONDERS: u8 = 0x01;
     /// ERR: the server closes the connection after this frame.
     pub const ERR_FATAL: u8 = 0x01;
+    /// HELLO: the auth extension (public key + signature of the INFO nonce) follows the token.
+    pub const HELLO_AUTH_EXT: u8 = 0x01;
 }
+
+/// The subject and reply subject of a complete, well-formed PUB frame (`None` when it is not
+/// one). Cheap: reads two lengths, no full parse.
+pub fn pub_subject_and_reply(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    if frame.len() < PUB_FIXED || frame[4] != op::PUB {
+        return None;
+    }
+    let sl = u16_at(frame, 6) as usize;
+    let rl = u16_at(frame, 8) as usize;
+    let subject = frame.get(PUB_FIXED..PUB_FIXED + sl)?;
+    let reply = frame.get(PUB_FIXED + sl..PUB_FIXED + sl + rl)?;
+    Some((subject, reply))
+}
+
+/// What an ed25519 client signs: this prefix, then the INFO nonce (PROTOCOL.md §2,
+/// Authentication). The prefix keeps the signature from meaning anything elsewhere.
+pub const AUTH_SIGN_PREFIX: &[u8] = b"agentwire-auth-v1:";
 
 /// Feature bits exchanged in HELLO and INFO.
 pub mod features {
@@ -110,6 +129,11 @@ pub struct HelloFrame<'a> {
     pub name: &'a [u8],
     /// Authentication token (empty when none).
     pub token: &'a [u8],
+    /// Ed25519 public key (32 bytes) for challenge-response authentication (empty when none;
+    /// sent in the auth extension, flag [`flags::HELLO_AUTH_EXT`]).
+    pub public_key: &'a [u8],
+    /// Ed25519 signature (64 bytes) of the INFO nonce, by `public_key`'s secret key.
+    pub signature: &'a [u8],
 }
 
 /// INFO: the first frame a server sends on a connection.
@@ -424,11 +448,28 @@ pub fn parse_frame(frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
             }
             let name = &frame[HELLO_FIXED..HELLO_FIXED + nl];
             let token = &frame[HELLO_FIXED + nl..HELLO_FIXED + nl + tl];
+            let (mut public_key, mut signature): (&[u8], &[u8]) = (b"", b"");
+            if frame[5] & flags::HELLO_AUTH_EXT != 0 {
+                // Auth extension: pk_len u16, sig_len u16, public key, signature.
+                let at = HELLO_FIXED + nl + tl;
+                if at + 4 > len {
+                    return Err(bad("auth extension flagged but missing"));
+                }
+                let pl = u16_at(frame, at) as usize;
+                let sl = u16_at(frame, at + 2) as usize;
+                if at + 4 + pl + sl > len {
+                    return Err(bad("auth extension lengths exceed the frame"));
+                }
+                public_key = &frame[at + 4..at + 4 + pl];
+                signature = &frame[at + 4 + pl..at + 4 + pl + sl];
+            }
             Ok(Frame::Hello(HelloFrame {
                 version,
                 features,
                 name,
                 token,
+                public_key,
+                signature,
             }))
         }
         op::INFO => {
@@ -552,6 +593,8 @@ mod tests {
                     features: 0,
                     name: b"",
                     token: b"",
+                    public_key: b"",
+                    signature: b"",
                 }),
                 op::HELLO,
             ),

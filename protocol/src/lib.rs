@@ -24,7 +24,7 @@ pub use encode::{
 pub use error::{DecodeError, EncodeError, ErrorCode, SubjectError};
 pub use frame::{
     decode_frame, features, flags, frame_len, op, parse_frame, ErrFrame, Frame, HelloFrame,
-    InfoFrame, MsgFrame, PubFrame, SubFrame, UnsubFrame, DEFAULT_MAX_PAYLOAD,
+    InfoFrame, MsgFrame, PubFrame, SubFrame, UnsubFrame, AUTH_SIGN_PREFIX, DEFAULT_MAX_PAYLOAD,
     FRAME_OVERHEAD_ALLOWANCE, HEADER_LEN, MSG_TAIL_OFFSET, PROTOCOL_VERSION, PUB_TAIL_OFFSET,
 };
 pub use subject::{validate_literal, validate_pattern, validate_queue, PatternKind};

@@ -155,9 +155,63 @@ pub fn matches(pattern: &[u8], subject: &[u8]) -> bool {
     }
 }
 
+/// Does pattern `a` match every subject pattern `b` matches (`b`'s subjects ⊆ `a`'s)? Both are
+/// assumed valid. Used for subscribe permissions: a SUB for `b` is allowed by an allow entry `a`
+/// that covers it.
+pub fn covers(a: &[u8], b: &[u8]) -> bool {
+    let mut p = tokens(a);
+    let mut q = tokens(b);
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(b">"), Some(_)) => return true,
+            (_, Some(b">")) => return false,
+            (Some(b"*"), Some(_)) => {}
+            (Some(pt), Some(qt)) if pt == qt && qt != b"*" => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Is there a subject both patterns match? Both are assumed valid. Used for deny lists: a SUB
+/// whose pattern could receive a denied subject is refused.
+pub fn intersects(a: &[u8], b: &[u8]) -> bool {
+    let mut p = tokens(a);
+    let mut q = tokens(b);
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(b">"), Some(_)) | (Some(_), Some(b">")) => return true,
+            (Some(b"*"), Some(_)) | (Some(_), Some(b"*")) => {}
+            (Some(pt), Some(qt)) if pt == qt => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covers_and_intersects() {
+        assert!(covers(b"a.>", b"a.b"));
+        assert!(covers(b"a.>", b"a.*.c"));
+        assert!(covers(b"a.>", b"a.>"));
+        assert!(!covers(b"a.>", b"a"));
+        assert!(!covers(b"a.*", b"a.>"));
+        assert!(covers(b"a.*", b"a.*"));
+        assert!(covers(b"a.*", b"a.b"));
+        assert!(!covers(b"a.b", b"a.*"));
+        assert!(covers(b">", b"x.y.z"));
+        assert!(!covers(b"a.b", b"a.b.c"));
+        assert!(intersects(b"a.*", b"*.b"));
+        assert!(intersects(b"a.>", b"*.b.c"));
+        assert!(intersects(b">", b"a"));
+        assert!(!intersects(b"a.*", b"b.*"));
+        assert!(!intersects(b"a.*", b"a.b.c"));
+        assert!(!intersects(b"a", b"a.>"));
+    }
 
     #[test]
     fn valid_patterns() {

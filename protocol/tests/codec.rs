@@ -92,6 +92,8 @@ impl Spec {
                     features: *features,
                     name,
                     token,
+                    public_key: b"",
+                    signature: b"",
                 },
             )
             .expect("HELLO fields fit their length fields"),
@@ -515,6 +517,8 @@ fn encoders_reject_oversized_fields_and_write_nothing() {
         features: 0,
         name: &long,
         token: b"",
+        public_key: b"",
+        signature: b"",
     };
     assert!(matches!(
         encode_hello(&mut b, &hello),
@@ -566,6 +570,8 @@ fn hello_and_info_accept_trailing_bytes() {
         features: 1,
         name: b"n",
         token: b"t",
+        public_key: b"",
+        signature: b"",
     };
     encode_hello(&mut b, &hello).expect("valid HELLO");
     b.extend_from_slice(b"future");
@@ -1664,4 +1670,42 @@ fn protocol_md_error_table_matches_error_codes() {
         .map(|c| (c.as_u16(), c.name().to_owned(), c.is_fatal()))
         .collect();
     assert_eq!(rows, want);
+}
+
+#[test]
+fn hello_auth_extension_round_trips_and_is_checked() {
+    let pk = [7u8; 32];
+    let sig = [9u8; 64];
+    let hello = HelloFrame {
+        version: 1,
+        features: 0,
+        name: b"worker",
+        token: b"",
+        public_key: &pk,
+        signature: &sig,
+    };
+    let mut b = BytesMut::new();
+    encode_hello(&mut b, &hello).expect("valid HELLO");
+    assert_eq!(b[5], agentwire_protocol::flags::HELLO_AUTH_EXT);
+    assert_eq!(decode_one(&b), Frame::Hello(hello));
+    // Flagged but cut short: the lengths no longer fit the frame.
+    for cut in [1usize, 4, 40, 100] {
+        let mut t = b[..b.len() - cut].to_vec();
+        let len = u32::try_from(t.len()).expect("small frame");
+        t[0..4].copy_from_slice(&len.to_le_bytes());
+        assert!(
+            decode_frame(&t, 1 << 20).is_err(),
+            "HELLO cut by {cut} bytes must be malformed"
+        );
+    }
+    // Without a key or signature, no extension and no flag.
+    let mut b = BytesMut::new();
+    let plain = HelloFrame {
+        public_key: b"",
+        signature: b"",
+        ..hello
+    };
+    encode_hello(&mut b, &plain).expect("valid HELLO");
+    assert_eq!(b[5], 0);
+    assert_eq!(decode_one(&b), Frame::Hello(plain));
 }

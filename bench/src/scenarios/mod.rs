@@ -121,13 +121,16 @@ pub struct Env<'a> {
 }
 
 impl Env<'_> {
-    /// Connects a client named `name` with default options.
+    /// Connects a client named `name` with default options, except that its subscriptions
+    /// have no pending limits: a subscriber task that falls behind is measured as slow, never
+    /// as losing messages.
     ///
     /// # Errors
     /// When the connection or handshake fails.
     pub async fn connect(&self, name: &str) -> Result<Client> {
         self.options()
             .name(name)
+            .subscription_pending_limits(usize::MAX, usize::MAX)
             .connect(self.addr)
             .await
             .with_context(|| format!("connection {name}"))

@@ -99,6 +99,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .route("/api/v1/system/metrics", get(system_metrics))
         .route("/api/v1/system/optimize", post(optimize))
         .route("/api/v1/system/lameduck", post(lameduck))
+        .route("/api/v1/system/reload", post(reload))
         .route("/api/v1/deployment/status", get(deployment))
         .route("/api/v1/components", get(components))
         .route("/api/v1/components/{name}", get(component))
@@ -325,6 +326,13 @@ async fn lameduck(State(g): State<AppState>) -> Json<Value> {
         "window_ms": g.config().lameduck_window_ms,
         "connections": g.stats().connections,
     }))
+}
+
+async fn reload(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match g.reload() {
+        Ok(r) => Ok(Json(json!(r))),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "reload_refused", e)),
+    }
 }
 
 async fn deployment(State(g): State<AppState>) -> Json<Value> {

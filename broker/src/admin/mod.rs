@@ -168,6 +168,10 @@ pub enum ShardCmd {
         /// The frame.
         frame: Bytes,
     },
+    /// The users or limits were reloaded: re-check every connection against
+    /// [`crate::shard::Global::auth`] (removed users are closed, changed rules apply at once)
+    /// and take the new limits.
+    Reload,
     /// A message from the broker itself: deliver to the shard's matching subscribers.
     Publish {
         /// Literal subject.
@@ -228,6 +232,11 @@ pub trait DataPlane: Send + Sync + 'static {
     fn loads(&self) -> Vec<(u64, Arc<load::ConnLoad>)>;
     /// Enters lame-duck mode.
     fn lame_duck(&self);
+    /// Re-reads the configuration from its source and applies users and limits.
+    ///
+    /// # Errors
+    /// No source, or the configuration does not load or validate (nothing changed).
+    fn reload(&self) -> Result<crate::config::ReloadReport, String>;
 }
 
 /// Publishes a message from the broker itself on `subject` to every matching subscriber.

@@ -512,6 +512,22 @@ pub(crate) fn drain(t: AdminTarget) -> ExitCode {
     })())
 }
 
+/// `agentwire reload`: the broker re-reads its config file and applies users and limits.
+pub(crate) fn reload(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let v = call("POST", &t, "/api/v1/system/reload", Some(json!({})))?;
+        if t.json {
+            print_json(&v);
+        } else {
+            println!("reloaded: {} user(s)", v["users"]);
+            if let Some(l) = v["needs_restart"].as_array().filter(|l| !l.is_empty()) {
+                println!("changed but applied only on restart: {l:?}");
+            }
+        }
+        Ok(())
+    })())
+}
+
 /// `agentwire deployment`.
 pub(crate) fn deployment(t: AdminTarget) -> ExitCode {
     finish((|| {

@@ -1,11 +1,13 @@
 //! Command-line interface of `agentwire`: flag parsing, logging set-up, and one module per
 //! family of commands (`serve`; the client tools `pub`, `sub`, `req`, `reply`; the admin
-//! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`, `drain`).
+//! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`, `drain`; the key
+//! tools `keygen`, `hash-token`).
 //!
 //! Exit codes: 0 success, 1 runtime failure (cannot connect, server error, timeout), 2 usage
 //! error (bad flags, invalid subject, unreadable config).
 
 mod admin;
+mod keys;
 mod serve;
 mod tools;
 
@@ -61,6 +63,12 @@ enum Command {
     Deployment(admin::AdminTarget),
     /// Lame duck: stop accepting, move every client away over the window, exit (admin API).
     Drain(admin::AdminTarget),
+    /// Re-read the config file: apply users, permissions and limits live (admin API; SIGHUP does the same).
+    Reload(admin::AdminTarget),
+    /// Write an ed25519 key pair: OUT (credentials, mode 0600) and OUT.pub (public key).
+    Keygen(keys::KeygenArgs),
+    /// Print the argon2 hash of the token read from stdin (for `[[users]] token_hash`).
+    HashToken(keys::HashTokenArgs),
 }
 
 /// Default server address for the client tools.
@@ -103,6 +111,9 @@ pub(crate) fn main() -> ExitCode {
         Command::Optimize(t) => admin::optimize(t),
         Command::Deployment(t) => admin::deployment(t),
         Command::Drain(t) => admin::drain(t),
+        Command::Reload(t) => admin::reload(t),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::HashToken(a) => keys::hash_token(a),
         cmd => {
             init_logging(cli.log_format, "warn");
             tools::run(cmd)

@@ -1,7 +1,8 @@
 //! `agentwire serve`: loads the configuration (defaults, then `--config FILE`, then flags),
 //! starts the broker and runs until SIGTERM or SIGINT, then shuts down cleanly (exit 0). SIGUSR2
 //! (or the admin API's lame duck) stops accepting, moves clients away over the lame-duck window,
-//! then exits 0.
+//! then exits 0. SIGHUP re-reads the config file and applies its `[[users]]` and `[limits]`
+//! without a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use agentwire_broker::config::Config;
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
 /// Flags of `serve`. Each overrides the config file.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:4800].
     #[arg(long)]
@@ -227,10 +228,11 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::user_defined2())?,
+                signal(SignalKind::hangup())?,
             ))
         })()
     };
-    let (mut term, mut int, mut usr2) = match signals {
+    let (mut term, mut int, mut usr2, mut hup) = match signals {
         Ok(s) => s,
         Err(e) => {
             eprintln!("agentwire serve: cannot install signal handlers: {e}");
@@ -244,6 +246,10 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    {
+        let source = a.clone();
+        handle.set_reload_source(move || build_config(&source));
+    }
     let window = std::time::Duration::from_millis(
         handle.global().config.lameduck_window_ms + handle.global().config.shutdown_grace_ms,
     );
@@ -256,6 +262,16 @@ pub(crate) fn run(a: ServeArgs) -> ExitCode {
                 _ = usr2.recv() => {
                     tracing::info!("SIGUSR2 received: entering lame duck");
                     handle.lame_duck();
+                }
+                _ = hup.recv() => {
+                    // Re-read the file (flags still win) and apply users and limits.
+                    match build_config(&a) {
+                        Ok(cfg) => match handle.reload(&cfg) {
+                            Ok(r) => tracing::info!(users = r.users, "SIGHUP: configuration reloaded"),
+                            Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+                        },
+                        Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+                    }
                 }
                 _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
             }

@@ -25,6 +25,8 @@ pub(crate) struct PubArgs {
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
+    auth: AuthFlags,
+    #[command(flatten)]
     tls: TlsFlags,
 }
 
@@ -46,6 +48,8 @@ pub(crate) struct SubArgs {
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
+    auth: AuthFlags,
+    #[command(flatten)]
     tls: TlsFlags,
 }
 
@@ -62,6 +66,8 @@ pub(crate) struct ReqArgs {
     /// Broker address.
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    auth: AuthFlags,
     #[command(flatten)]
     tls: TlsFlags,
 }
@@ -81,7 +87,38 @@ pub(crate) struct ReplyArgs {
     #[arg(long, env = "AGENTWIRE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
+    auth: AuthFlags,
+    #[command(flatten)]
     tls: TlsFlags,
+}
+
+/// How the tool authenticates (needed when the broker has `[[users]]`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuthFlags {
+    /// Token of a `[[users]]` entry.
+    #[arg(
+        long,
+        env = "AGENTWIRE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "creds"
+    )]
+    token: Option<String>,
+    /// Credentials file of an ed25519 user (written by `agentwire keygen`).
+    #[arg(long, env = "AGENTWIRE_CREDS")]
+    creds: Option<std::path::PathBuf>,
+}
+
+impl AuthFlags {
+    /// The client credentials these flags name.
+    pub(crate) fn credentials(&self) -> Result<agentwire_client::Credentials, String> {
+        if let Some(t) = &self.token {
+            return Ok(agentwire_client::Credentials::Token(t.clone()));
+        }
+        if let Some(p) = &self.creds {
+            return agentwire_client::Credentials::from_file(p).map_err(|e| e.to_string());
+        }
+        Ok(agentwire_client::Credentials::None)
+    }
 }
 
 /// TLS flags of the client tools.
@@ -172,13 +209,22 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn connect(server: &str, name: &str, tls: &TlsFlags) -> Result<Client, Failure> {
-    let opts = tls.apply(ConnectOptions::new().name(name))?;
+async fn connect(
+    server: &str,
+    auth: &AuthFlags,
+    tls: &TlsFlags,
+    name: &str,
+) -> Result<Client, Failure> {
+    let credentials = auth.credentials().map_err(|message| Failure {
+        code: EXIT_USAGE,
+        message,
+    })?;
+    let opts = tls.apply(ConnectOptions::new().name(name).credentials(credentials))?;
     Ok(opts.connect(server).await?)
 }
 
 async fn publish(a: PubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-pub", &a.tls).await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-pub").await?;
     let payload = Bytes::from(a.data.into_bytes());
     for _ in 0..a.count {
         client.publish(&a.subject, payload.clone()).await?;
@@ -227,7 +273,7 @@ fn print_message(
 }
 
 async fn subscribe(a: SubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-sub", &a.tls).await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-sub").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,
@@ -262,7 +308,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
 }
 
 async fn request(a: ReqArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-req", &a.tls).await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-req").await?;
     let m = client
         .request(
             &a.subject,
@@ -278,7 +324,7 @@ async fn request(a: ReqArgs) -> Result<(), Failure> {
 }
 
 async fn reply(a: ReplyArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, "agentwire-reply", &a.tls).await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-reply").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,

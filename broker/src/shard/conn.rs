@@ -113,14 +113,18 @@ pub(crate) struct Conn {
     pub last_read: std::cell::Cell<Instant>,
     /// Keep-alive PINGs sent since the last read.
     pub pings_out: std::cell::Cell<u32>,
-    /// Identity proven below the protocol: the subject name of the verified TLS client
-    /// certificate (mutual TLS); `None` for plain connections and TLS without client
-    /// certificates. Set once when the connection is accepted.
+    /// Who a verified TLS client certificate says this is (mutual TLS).
     pub identity: Option<String>,
+    /// The nonce sent in INFO for ed25519 authentication (empty when unused).
+    pub nonce: Box<[u8]>,
+    /// Its user and rules, once authenticated (`None`: the broker runs open).
+    pub auth: RefCell<Option<crate::auth::ConnAuth>>,
+    /// Requests delivered to it are remembered as replies it may publish (`allow_responses`).
+    pub tracks_responses: std::cell::Cell<bool>,
 }
 
 impl Conn {
-    fn new(id: u64, stream: Rc<Transport>, identity: Option<String>) -> Conn {
+    fn new(id: u64, stream: Rc<Transport>, identity: Option<String>, nonce: Box<[u8]>) -> Conn {
         Conn {
             id,
             stream,
@@ -145,6 +149,17 @@ impl Conn {
             last_read: std::cell::Cell::new(Instant::now()),
             pings_out: std::cell::Cell::new(0),
             identity,
+            nonce,
+            auth: RefCell::new(None),
+            tracks_responses: std::cell::Cell::new(false),
+        }
+    }
+
+    /// A request with reply subject `reply` was delivered here: with `allow_responses`, one
+    /// publish to it is allowed whatever the publish rule says.
+    pub fn note_request(&self, reply: &[u8]) {
+        if let Some(a) = self.auth.borrow_mut().as_mut() {
+            a.note_request(reply);
         }
     }
 
@@ -261,7 +276,7 @@ impl Conn {
 /// within `handshake_timeout_ms` → `handshake_timeout`; nothing read for `ping_interval_ms` →
 /// a PING, and after `max_pings_out` of those with nothing read back → `stale_connection`.
 pub(crate) async fn keepalive(shard: Rc<Shard>) {
-    let limits = shard.global.config.limits;
+    let limits = *shard.limits.borrow();
     let handshake = Duration::from_millis(limits.handshake_timeout_ms);
     let interval = Duration::from_millis(limits.ping_interval_ms);
     let tick = (handshake.min(interval) / 4).max(Duration::from_millis(5));
@@ -348,7 +363,14 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stream = Rc::new(stream);
-    let conn = Rc::new(Conn::new(id, stream, incoming.identity));
+    let nonce: Box<[u8]> = if global.auth.load().wants_nonce() {
+        let mut n = [0u8; 24];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut n[..]);
+        n.into()
+    } else {
+        Box::default()
+    };
+    let conn = Rc::new(Conn::new(id, stream, incoming.identity, nonce));
     shard.conns.borrow_mut().insert(id, conn.clone());
     global.loads.write().insert(id, conn.load.clone());
     if let Some(name) = &conn.identity {
@@ -359,7 +381,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
     tracing::debug!(conn = id, shard = shard.id, ?peer, identity = ?conn.identity, "connection open");
 
     {
-        let limits = &global.config.limits;
+        let limits = *shard.limits.borrow();
         let info = InfoFrame {
             version: proto::PROTOCOL_VERSION,
             features: features::HEADERS | features::NO_RESPONDERS,
@@ -368,7 +390,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
             shard_id: shard.id,
             client_id: id,
             server_id: global.server_id.as_bytes(),
-            nonce: b"",
+            nonce: &conn.nonce,
         };
         let mut st = conn.st.borrow_mut();
         if proto::encode_info(&mut st.out, &info).is_err() {
@@ -629,6 +651,22 @@ fn hello(shard: &Shard, conn: &Rc<Conn>, rs: &mut ReaderState, h: &HelloFrame<'_
         );
         return;
     }
+    let auth = shard.global.auth.load();
+    if auth.enabled() {
+        match auth.authenticate(h, &conn.nonce, conn.identity.as_deref()) {
+            Ok(user) => {
+                tracing::debug!(conn = conn.id, user = %user.name, "authenticated");
+                let a = crate::auth::ConnAuth::new(user);
+                conn.tracks_responses.set(a.tracks_responses());
+                *conn.auth.borrow_mut() = Some(a);
+            }
+            Err(why) => {
+                tracing::info!(conn = conn.id, name = %String::from_utf8_lossy(h.name), "{why}");
+                conn.send_err(shard, ErrorCode::AuthFailed, &why);
+                return;
+            }
+        }
+    }
     rs.handshaken = true;
     conn.handshaken.set(true);
     rs.no_responders = h.features & features::NO_RESPONDERS != 0;
@@ -660,7 +698,7 @@ fn publish(
     len: usize,
     stash: &mut Stash,
 ) {
-    let limits = &shard.global.config.limits;
+    let limits = shard.limits.borrow();
     let body = p.headers.len() + p.payload.len();
     if body > limits.max_payload as usize {
         conn.send_err(
@@ -713,6 +751,20 @@ fn publish(
             return;
         }
     };
+    if let Some(a) = conn.auth.borrow_mut().as_mut() {
+        if !a.may_publish(p.subject) {
+            let user = a.user.name.clone();
+            conn.send_err(
+                shard,
+                ErrorCode::PermissionDenied,
+                &format!(
+                    "permission denied: user {user:?} may not publish to {}; dropped",
+                    show(p.subject)
+                ),
+            );
+            return;
+        }
+    }
     bump(&shard.counters.msgs_in, 1);
     bump(&shard.counters.bytes_in, body as u64);
     conn.answered();
@@ -861,7 +913,22 @@ fn subscribe(shard: &Shard, conn: &Rc<Conn>, s: &SubFrame<'_>) {
             return;
         }
     }
-    let max = shard.global.config.limits.max_subscriptions;
+    if let Some(a) = conn.auth.borrow().as_ref() {
+        if !a.may_subscribe(s.subject) {
+            conn.send_err(
+                shard,
+                ErrorCode::PermissionDenied,
+                &format!(
+                    "permission denied: user {:?} may not subscribe to {} (sid {})",
+                    a.user.name,
+                    show(s.subject),
+                    s.sid
+                ),
+            );
+            return;
+        }
+    }
+    let max = shard.limits.borrow().max_subscriptions;
     let mut st = conn.st.borrow_mut();
     if st.subs.contains_key(&s.sid) {
         drop(st);
@@ -939,7 +1006,7 @@ fn unsubscribe(shard: &Shard, conn: &Rc<Conn>, u: UnsubFrame) {
 /// Writes the connection's outbound bytes that [`Conn::write_now`] could not, double-buffered:
 /// while one buffer is being written the shard appends to the other.
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
-    let limits = shard.global.config.limits;
+    let limits = *shard.limits.borrow();
     let soft = limits.soft_pending();
     let deadline = limits.write_deadline();
     let mut spare = BytesMut::new();

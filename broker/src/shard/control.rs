@@ -74,6 +74,19 @@ fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
     if let Err(e) = reg.validate() {
         return invalid(shard, conn, "REGISTER", e);
     }
+    if let Some(a) = conn.auth.borrow().as_ref() {
+        if !a.may_register(&reg.component) {
+            conn.send_err(
+                shard,
+                ErrorCode::PermissionDenied,
+                &format!(
+                    "permission denied: user {:?} may not register component {:?}",
+                    a.user.name, reg.component
+                ),
+            );
+            return;
+        }
+    }
     let admin = &shard.global.admin;
     let at = ConnRef {
         shard: shard.id,
@@ -177,6 +190,7 @@ pub(crate) async fn control_loop(shard: Rc<Shard>, mut rx: mpsc::UnboundedReceiv
 
 fn apply(shard: &Shard, cmd: ShardCmd) {
     match cmd {
+        ShardCmd::Reload => reload(shard),
         ShardCmd::SendFrame { conn, frame } => {
             let c = shard.conns.borrow().get(&conn).cloned();
             if let Some(c) = c {
@@ -214,6 +228,46 @@ fn apply(shard: &Shard, cmd: ShardCmd) {
                     shard.deliver_local(t.conn, t.sid, 0, &frame);
                 }
             }
+        }
+    }
+}
+
+/// Applies reloaded users and limits to this shard's connections.
+fn reload(shard: &Shard) {
+    *shard.limits.borrow_mut() = **shard.global.limits.load();
+    let auth = shard.global.auth.load();
+    let conns: Vec<Rc<Conn>> = shard.conns.borrow().values().cloned().collect();
+    for c in conns {
+        if !c.handshaken.get() {
+            // Authenticated against the new users when its HELLO comes.
+            continue;
+        }
+        if !auth.enabled() {
+            *c.auth.borrow_mut() = None;
+            c.tracks_responses.set(false);
+            continue;
+        }
+        let name = c.auth.borrow().as_ref().map(|a| a.user.name.clone());
+        let refusal = match name {
+            None => Some(
+                "authentication is now required by this server; reconnect with credentials"
+                    .to_owned(),
+            ),
+            Some(n) => match auth.user(&n) {
+                None => Some(format!(
+                    "user {n:?} was removed from the server's configuration"
+                )),
+                Some(u) => {
+                    let a = crate::auth::ConnAuth::new(u.clone());
+                    c.tracks_responses.set(a.tracks_responses());
+                    *c.auth.borrow_mut() = Some(a);
+                    None
+                }
+            },
+        };
+        if let Some(why) = refusal {
+            tracing::info!(conn = c.id, "closing: {why}");
+            c.send_err(shard, ErrorCode::AuthFailed, &why);
         }
     }
 }

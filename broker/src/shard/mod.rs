@@ -111,7 +111,6 @@ impl ShardHandle {
 }
 
 /// State shared by every shard and the acceptor.
-#[derive(Debug)]
 pub struct Global {
     /// The configuration the server started with.
     pub config: Config,
@@ -134,6 +133,23 @@ pub struct Global {
     /// Verified TLS client identities (mutual TLS) of the open connections, by connection id
     /// (only connections that have one are in it).
     pub identities: parking_lot::Mutex<FxHashMap<u64, String>>,
+    /// The client users now (replaced on reload).
+    pub auth: arc_swap::ArcSwap<crate::auth::Auth>,
+    /// The limits now (replaced on reload; shards keep their own copy).
+    pub limits: arc_swap::ArcSwap<crate::config::Limits>,
+    /// Where a reload from the admin API reads the configuration (set by `agentwire serve`).
+    #[allow(clippy::type_complexity)]
+    pub reload_source:
+        parking_lot::Mutex<Option<Box<dyn Fn() -> Result<Config, String> + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Global")
+            .field("server_id", &self.server_id)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Global {
@@ -144,6 +160,7 @@ impl Global {
     pub fn new(
         config: Config,
         server_id: String,
+        auth: crate::auth::Auth,
     ) -> Result<Global, crate::admin::store::StoreError> {
         let n = config.shard_count();
         let shards = (0..n)
@@ -151,7 +168,6 @@ impl Global {
             .collect();
         let admin = Admin::new(&config)?;
         Ok(Global {
-            config,
             shards,
             routing: RoutingTable::new(),
             server_id,
@@ -161,6 +177,10 @@ impl Global {
             loads: parking_lot::RwLock::new(FxHashMap::default()),
             lame: watch::channel(false).0,
             identities: parking_lot::Mutex::new(FxHashMap::default()),
+            auth: arc_swap::ArcSwap::from_pointee(auth),
+            limits: arc_swap::ArcSwap::from_pointee(config.limits),
+            reload_source: parking_lot::Mutex::new(None),
+            config,
         })
     }
 }
@@ -179,7 +199,68 @@ impl Global {
     }
 }
 
+impl Global {
+    /// Applies the users and limits of `config` (see [`crate::server::ServerHandle::reload`]).
+    ///
+    /// # Errors
+    /// `config` does not validate; nothing is changed then.
+    pub fn reload(
+        &self,
+        config: &Config,
+    ) -> Result<crate::config::ReloadReport, crate::config::ConfigError> {
+        config.validate()?;
+        let auth = crate::auth::Auth::compile(&config.users)
+            .map_err(crate::config::ConfigError::Invalid)?;
+        crate::server::log_auth(&auth);
+        let users = config.users.len();
+        self.auth.store(Arc::new(auth));
+        self.limits.store(Arc::new(config.limits));
+        for s in &self.shards {
+            s.send(ShardCmd::Reload);
+        }
+        let old = &self.config;
+        let mut needs_restart = Vec::new();
+        let mut changed = |name: &str, differs: bool| {
+            if differs {
+                needs_restart.push(name.to_owned());
+            }
+        };
+        changed("listen", old.listen != config.listen);
+        changed("shards", old.shards != config.shards);
+        changed("admin", old.admin != config.admin);
+        changed("read_buffer", old.read_buffer != config.read_buffer);
+        changed(
+            "cross_shard_queue",
+            old.cross_shard_queue != config.cross_shard_queue,
+        );
+        changed("match_cache", old.match_cache != config.match_cache);
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                ?needs_restart,
+                "reload: these settings change only on restart"
+            );
+        }
+        tracing::info!(users, "reloaded users and limits");
+        Ok(crate::config::ReloadReport {
+            users,
+            needs_restart,
+        })
+    }
+}
+
 impl DataPlane for Global {
+    fn reload(&self) -> Result<crate::config::ReloadReport, String> {
+        let config = {
+            let source = self.reload_source.lock();
+            let Some(f) = source.as_ref() else {
+                return Err(
+                    "this broker has no config source to reload from (started as a library)".into(),
+                );
+            };
+            f()?
+        };
+        Global::reload(self, &config).map_err(|e| e.to_string())
+    }
     fn admin(&self) -> &Admin {
         &self.admin
     }
@@ -262,6 +343,8 @@ pub use crate::admin::optimize::HOT_SAMPLE;
 /// A shard's own state, living on its thread only.
 pub(crate) struct Shard {
     pub id: u16,
+    /// The limits now (a copy of [`Global::limits`], replaced on reload by this thread).
+    pub limits: RefCell<crate::config::Limits>,
     pub global: Arc<Global>,
     pub handle: Arc<ShardHandle>,
     /// Connections owned by this shard, by id.
@@ -310,6 +393,7 @@ impl Shard {
         let cache = MatchCache::new(global.config.match_cache);
         Shard {
             id,
+            limits: RefCell::new(**global.limits.load()),
             handle,
             conns: RefCell::new(FxHashMap::default()),
             cache: RefCell::new(cache),
@@ -457,7 +541,7 @@ impl Shard {
                 return false;
             }
         };
-        let limits = &self.global.config.limits;
+        let limits = self.limits.borrow();
         let mut st = conn.st.borrow_mut();
         if st.closing {
             bump(&self.counters.dropped, 1);
@@ -474,6 +558,13 @@ impl Shard {
         let done = sub.max != 0 && sub.delivered >= u64::from(sub.max);
         if track {
             conn.track_request();
+        }
+        if conn.tracks_responses.get() {
+            if let Some((_, reply)) = agentwire_protocol::frame::pub_subject_and_reply(frame) {
+                if !reply.is_empty() {
+                    conn.note_request(reply);
+                }
+            }
         }
         let before = st.out.len();
         let was_over_soft = st.pending() > limits.soft_pending();
@@ -585,7 +676,7 @@ impl Shard {
     /// peer shard given messages, publishes the batch counters, and returns the touched
     /// connections that are above the soft pending limit.
     pub fn flush(&self) -> Vec<Rc<Conn>> {
-        let soft = self.global.config.limits.soft_pending();
+        let soft = self.limits.borrow().soft_pending();
         let touched = std::mem::take(&mut *self.touched.borrow_mut());
         let mut congested = Vec::new();
         for c in touched {
@@ -632,7 +723,7 @@ impl Shard {
     /// Past this shard's share of `max_pending_total`, closes the connections with the most
     /// bytes waiting (slow consumers) until under it.
     fn enforce_total(&self) {
-        let limits = &self.global.config.limits;
+        let limits = self.limits.borrow();
         let share = limits.max_pending_total / self.global.shards.len().max(1);
         let mut guard = 0;
         while self.pending_total.get() > share && guard < 64 {
@@ -695,7 +786,7 @@ impl Shard {
     /// Waits while any of `congested` is above the soft limit and still reading (paces the
     /// caller to its consumers; a consumer that stopped reading is not waited for).
     pub async fn pace(&self, congested: Vec<Rc<Conn>>) {
-        let soft = self.global.config.limits.soft_pending();
+        let soft = self.limits.borrow().soft_pending();
         for c in congested {
             for _ in 0..10_000 {
                 if !c.is_congested(soft) {

@@ -85,6 +85,8 @@ impl Raw {
                 features: proto::features::HEADERS | proto::features::NO_RESPONDERS,
                 name: b"raw-test",
                 token: b"",
+                public_key: b"",
+                signature: b"",
             },
         )
         .expect("encode hello");
