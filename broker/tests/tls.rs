@@ -72,6 +72,16 @@ impl Certs {
         write("client.pem", cert.pem());
         write("client.key", key.serialize_pem());
 
+        let key = KeyPair::generate().expect("stranger key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("stranger params");
+        p.distinguished_name.push(DnType::CommonName, "stranger");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("stranger certificate");
+        write("stranger.pem", cert.pem());
+        write("stranger.key", key.serialize_pem());
+
         let other_key = KeyPair::generate().expect("other CA key");
         let mut other = CertificateParams::new(Vec::<String>::new()).expect("other CA params");
         other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -557,4 +567,49 @@ async fn failed_or_slow_handshakes_neither_block_accepting_nor_hold_connection_s
     c.close().await.expect("close");
     d.close().await.expect("close");
     assert!(server.wait_drained(WAIT), "every slot given back");
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_the_user() {
+    let certs = Certs::new("users");
+    let mut cfg = certs.config(true);
+    // "planner" has no credential of its own: only its certificate names it.
+    let mut planner = agentwire_broker::config::UserConfig::with_token("planner", "unused");
+    planner.token = None;
+    planner.publish = Some(vec!["tasks.>".into()]);
+    cfg.users = vec![
+        planner,
+        agentwire_broker::config::UserConfig::with_token("bob", "bob-token"),
+    ];
+    let server = start(cfg);
+    let addr = server.local_addr().to_string();
+
+    let planner = opts(&certs)
+        .tls_client_cert(certs.path("client.pem"), certs.path("client.key"))
+        .connect(&addr)
+        .await
+        .expect("the certificate's CN names user planner: admitted without a token");
+    let mut sub = planner.subscribe("tasks.>").await.expect("subscribe");
+    planner.flush().await.expect("flush");
+    planner.publish("tasks.one", "go").await.expect("publish");
+    planner.flush().await.expect("flush");
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open");
+    assert_eq!(&m.payload[..], b"go");
+
+    // A certificate that names no configured user is refused by the broker (after TLS).
+    let e = opts(&certs)
+        .tls_client_cert(certs.path("stranger.pem"), certs.path("stranger.key"))
+        .connect(&addr)
+        .await
+        .expect_err("stranger is not a user");
+    match e {
+        Error::Handshake {
+            source: HandshakeError::Rejected(r),
+            ..
+        } => assert!(r.message.contains("stranger"), "{}", r.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
