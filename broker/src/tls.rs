@@ -169,7 +169,8 @@ pub(crate) async fn terminate(
         global.conn_count.fetch_sub(1, Ordering::Relaxed);
     };
     let _ = stream.set_nodelay(true);
-    let deadline = Duration::from_millis(global.config.limits.handshake_timeout_ms);
+    // The limits now (a reload may have changed them since start).
+    let deadline = Duration::from_millis(global.limits.load().handshake_timeout_ms);
     let tls = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -234,6 +234,7 @@ impl Global {
             old.cross_shard_queue != config.cross_shard_queue,
         );
         changed("match_cache", old.match_cache != config.match_cache);
+        changed("tls", old.tls != config.tls);
         if !needs_restart.is_empty() {
             tracing::warn!(
                 ?needs_restart,
