@@ -30,4 +30,8 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
+# soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
+# builds it for the broker's own tests, this makes sure of it when only some packages are tested.
+cargo build -p agentwire-broker --bin agentwire
+
 cargo test --workspace "$@"

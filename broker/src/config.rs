@@ -7,6 +7,7 @@
 //! ```toml
 //! listen = "127.0.0.1:4800"
 //! shards = 2                      # 0 = one per core
+//! listen_backlog = 4096           # accept queue (capped by net.core.somaxconn)
 //! [limits]
 //! max_payload = 1048576           # bytes of headers + payload in one message
 //! max_connections = 65536
@@ -331,6 +332,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Shard threads; 0 means one per available core.
     pub shards: usize,
+    /// Accept queue of the client listener (default 4096; the kernel caps it at
+    /// `net.core.somaxconn`): room for a reconnect herd after a restart.
+    pub listen_backlog: u32,
     /// The limits.
     pub limits: Limits,
     /// Bytes read from a socket per read call, at least (default 64 KiB).
@@ -359,6 +363,7 @@ impl Default for Config {
                 .parse()
                 .expect("DEFAULT_LISTEN is a valid socket address"),
             shards: 0,
+            listen_backlog: 4096,
             limits: Limits::default(),
             read_buffer: 64 << 10,
             cross_shard_queue: 32,
@@ -464,6 +469,9 @@ impl Config {
         }
         if self.limits.max_pings_out == 0 {
             return bad("limits.max_pings_out must be at least 1");
+        }
+        if self.listen_backlog == 0 {
+            return bad("listen_backlog must be at least 1");
         }
         if self.read_buffer < 4096 {
             return bad("read_buffer must be at least 4096 bytes");

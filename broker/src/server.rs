@@ -189,11 +189,23 @@ fn new_server_id() -> String {
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     config.validate()?;
     let listener =
-        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+        bind(config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
     start_with_listener(config, listener)
+}
+
+/// Binds `addr` with an accept queue of `backlog` connections (the kernel caps it at
+/// `net.core.somaxconn`). std's `bind` uses 128, which a reconnect herd of a thousand clients
+/// overflows: every dropped SYN then waits for the kernel's 1 s / 3 s retransmit.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Starts the server on an already bound listener.

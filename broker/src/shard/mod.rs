@@ -227,6 +227,10 @@ impl Global {
         };
         changed("listen", old.listen != config.listen);
         changed("shards", old.shards != config.shards);
+        changed(
+            "listen_backlog",
+            old.listen_backlog != config.listen_backlog,
+        );
         changed("admin", old.admin != config.admin);
         changed("read_buffer", old.read_buffer != config.read_buffer);
         changed(
