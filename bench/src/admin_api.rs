@@ -28,15 +28,37 @@ pub struct AdminApi {
 
 impl AdminApi {
     /// A client for the admin API at `addr` (`host:port`), with a fresh agent (its own
-    /// keep-alive connection pool).
-    pub fn new(addr: &str) -> AdminApi {
-        AdminApi {
-            agent: ureq::AgentBuilder::new()
-                .timeout(CALL_TIMEOUT)
-                .max_idle_connections_per_host(4)
-                .build(),
-            base: format!("http://{addr}"),
-        }
+    /// keep-alive connection pool); over HTTPS trusting `tls_ca` when given.
+    ///
+    /// # Errors
+    /// A CA file that cannot be read.
+    pub fn new(addr: &str, tls_ca: Option<&std::path::Path>) -> Result<AdminApi> {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout(CALL_TIMEOUT)
+            .max_idle_connections_per_host(4);
+        let scheme = match tls_ca {
+            Some(ca) => {
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("cannot read {}", ca.display()))?
+                {
+                    roots.add(c.with_context(|| format!("bad PEM in {}", ca.display()))?)?;
+                }
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                b = b.tls_config(std::sync::Arc::new(config));
+                "https"
+            }
+            None => "http",
+        };
+        Ok(AdminApi {
+            agent: b.build(),
+            base: format!("{scheme}://{addr}"),
+        })
     }
 
     /// Sets `key` = `value` in `component`'s config (default environment, creating the

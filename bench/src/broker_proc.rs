@@ -58,6 +58,8 @@ pub enum BrokerTarget {
         shards: Option<usize>,
         /// `--routing`, or the broker's default (`load`).
         routing: Option<Routing>,
+        /// Start it with TLS (a certificate generated per run); clients trust its CA.
+        tls: bool,
     },
     /// A broker that is already running: no CPU or RSS figures, its routing as it is.
     External {
@@ -115,17 +117,48 @@ impl BrokerTarget {
             bin,
             shards,
             routing,
+            tls: false,
         })
+    }
+
+    /// The same target with TLS on the client port (`--tls`): a started broker gets a
+    /// certificate generated for the run and clients trust its CA.
+    ///
+    /// # Errors
+    /// With a running broker (`--server`): its certificate is not known here.
+    pub fn with_tls(self, on: bool) -> Result<BrokerTarget> {
+        match self {
+            BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+                ..
+            } => Ok(BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+                tls: on,
+            }),
+            BrokerTarget::External { .. } if on => {
+                bail!(
+                    "--tls starts a broker with a certificate made for the run; not with --server"
+                )
+            }
+            t @ BrokerTarget::External { .. } => Ok(t),
+        }
     }
 
     /// The same started broker with another routing policy; `None` for a running broker
     /// (its policy is what it is).
     pub fn with_routing(&self, r: Routing) -> Option<BrokerTarget> {
         match self {
-            BrokerTarget::Spawn { bin, shards, .. } => Some(BrokerTarget::Spawn {
+            BrokerTarget::Spawn {
+                bin, shards, tls, ..
+            } => Some(BrokerTarget::Spawn {
                 bin: bin.clone(),
                 shards: *shards,
                 routing: Some(r),
+                tls: *tls,
             }),
             BrokerTarget::External { .. } => None,
         }
@@ -147,11 +180,13 @@ impl BrokerTarget {
                 bin,
                 shards,
                 routing,
+                tls,
             } => format!(
-                "fresh `{} serve` per run, shards {}, routing {}",
+                "fresh `{} serve` per run, shards {}, routing {}{}",
                 bin.display(),
                 shards.map_or_else(|| "default (one per core)".to_owned(), |s| s.to_string()),
-                routing.map_or("default (load)", Routing::as_arg)
+                routing.map_or("default (load)", Routing::as_arg),
+                if *tls { ", TLS" } else { "" }
             ),
             BrokerTarget::External { addr, admin } => format!(
                 "running broker at {addr}, admin API {} (no CPU/RSS)",
@@ -169,20 +204,23 @@ impl BrokerTarget {
             BrokerTarget::External { addr, admin } => Ok(Broker {
                 addr: addr.clone(),
                 admin: admin.clone(),
+                tls_ca: None,
                 process: None,
             }),
             BrokerTarget::Spawn {
                 bin,
                 shards,
                 routing,
+                tls,
             } => {
                 let mut last_err = None;
                 for _ in 0..START_ATTEMPTS {
-                    match BrokerProcess::start(bin, *shards, *routing) {
+                    match BrokerProcess::start(bin, *shards, *routing, *tls) {
                         Ok(p) => {
                             return Ok(Broker {
                                 addr: p.addr.to_string(),
                                 admin: p.admin_addr.map(|a| a.to_string()),
+                                tls_ca: p.tls_ca.clone(),
                                 process: Some(p),
                             })
                         }
@@ -200,6 +238,7 @@ impl BrokerTarget {
 pub struct Broker {
     addr: String,
     admin: Option<String>,
+    tls_ca: Option<PathBuf>,
     process: Option<BrokerProcess>,
 }
 
@@ -212,6 +251,11 @@ impl Broker {
     /// The admin API's address (`host:port`), when known.
     pub fn admin(&self) -> Option<&str> {
         self.admin.as_deref()
+    }
+
+    /// The CA file clients trust, when the broker runs TLS.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     /// The process, when this run started one.
@@ -247,11 +291,18 @@ pub struct BrokerProcess {
     pub admin_addr: Option<SocketAddr>,
     /// The started broker's data directory, removed when the process is dropped.
     data_dir: Option<PathBuf>,
+    /// With TLS: the CA certificate (PEM) of the broker's certificate, in the data directory.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts.
-    fn start(bin: &Path, shards: Option<usize>, routing: Option<Routing>) -> Result<BrokerProcess> {
+    fn start(
+        bin: &Path,
+        shards: Option<usize>,
+        routing: Option<Routing>,
+        tls: bool,
+    ) -> Result<BrokerProcess> {
         let addr = free_port()?;
         let admin = free_port()?;
         let data_dir = std::env::temp_dir().join(format!(
@@ -269,11 +320,21 @@ impl BrokerProcess {
         if let Some(r) = routing {
             cmd.arg("--routing").arg(r.as_arg());
         }
+        let tls_ca = if tls {
+            let dir = data_dir.join("tls");
+            write_certificates(&dir)?;
+            cmd.arg("--tls-cert").arg(dir.join("server.pem"));
+            cmd.arg("--tls-key").arg(dir.join("server.key"));
+            Some(dir.join("ca.pem"))
+        } else {
+            None
+        };
         // Per-connection info logs would cost the broker time in the conns scenario.
         cmd.env("RUST_LOG", "warn");
         let mut p = BrokerProcess::spawn(cmd, addr, "broker", true)?;
         p.admin_addr = Some(admin);
         p.data_dir = Some(data_dir);
+        p.tls_ca = tls_ca;
         Ok(p)
     }
 
@@ -314,6 +375,7 @@ impl BrokerProcess {
             stopped: false,
             admin_addr: None,
             data_dir: None,
+            tls_ca: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -410,6 +472,35 @@ impl Drop for BrokerProcess {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// Writes a CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.pem`, `server.key`) into `dir`, for a TLS run.
+///
+/// # Errors
+/// When the directory or files cannot be written.
+pub fn write_certificates(dir: &Path) -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "agentwire-bench CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    p.distinguished_name.push(DnType::CommonName, "agentwire");
+    let cert = p.signed_by(&key, &ca_cert, &ca_key)?;
+    for (name, text) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", cert.pem()),
+        ("server.key", key.serialize_pem()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A loopback address with a port that was free a moment ago.
@@ -625,12 +716,46 @@ mod tests {
             bin: PathBuf::from("agentwire"),
             shards: Some(2),
             routing: None,
+            tls: false,
         };
         let rr = spawn
             .with_routing(Routing::RoundRobin)
             .expect("a started broker takes --routing");
         assert_eq!(rr.routing().map(Routing::as_arg), Some("round-robin"));
         assert!(rr.describe().contains("routing round-robin"));
+    }
+
+    #[test]
+    fn tls_goes_with_a_started_broker_and_its_certificates_are_written() {
+        let ext = BrokerTarget::resolve(Some("127.0.0.1:4800"), None, None, None, None)
+            .expect("a running broker");
+        assert!(
+            ext.clone().with_tls(true).is_err(),
+            "no --tls with --server"
+        );
+        assert!(ext.with_tls(false).is_ok());
+        let spawn = BrokerTarget::Spawn {
+            bin: PathBuf::from("agentwire"),
+            shards: None,
+            routing: None,
+            tls: false,
+        }
+        .with_tls(true)
+        .expect("a started broker takes --tls");
+        assert!(spawn.describe().ends_with(", TLS"), "{}", spawn.describe());
+        let rr = spawn
+            .with_routing(Routing::RoundRobin)
+            .expect("routing keeps TLS");
+        assert!(rr.describe().ends_with(", TLS"));
+
+        let dir =
+            std::env::temp_dir().join(format!("agentwire-bench-tls-test-{}", std::process::id()));
+        write_certificates(&dir).expect("certificates written");
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            let text = std::fs::read_to_string(dir.join(f)).expect("PEM file");
+            assert!(text.starts_with("-----BEGIN "), "{f}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -67,6 +67,10 @@ struct Common {
     /// Worker threads of this load generator's tokio runtime [default: one per core].
     #[arg(long, global = true)]
     client_threads: Option<usize>,
+    /// Start the broker with TLS on its client and admin ports (a certificate made for the
+    /// run); every client connects over TLS trusting its CA. Not with --server.
+    #[arg(long, global = true)]
+    tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +127,9 @@ pub fn main() -> ExitCode {
         c.broker_bin.as_deref(),
         c.shards,
         c.routing,
-    ) {
+    )
+    .and_then(|t| t.with_tls(c.tls))
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("agentwire-bench: {e:#}");

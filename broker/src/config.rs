@@ -27,6 +27,10 @@
 //! routing = "load"                # queue groups: "load" (power of two choices) or "round-robin"
 //! metrics_sample_ms = 10000       # how often a metrics sample is stored
 //! metrics_retention_s = 2592000   # stored samples older than this are deleted (30 days)
+//! [tls]                           # optional: every client connection and the admin API use TLS
+//! cert = "server.pem"             # certificate chain (PEM), leaf first
+//! key = "server.key"              # its private key (PEM: PKCS#8, PKCS#1 or SEC1)
+//! client_ca = "ca.pem"            # optional: require client certificates signed by these CAs
 //! [[users]]                       # none: the broker runs open (and says so in its log)
 //! name = "planner"
 //! token = "s3cret"                # or token_hash = "$argon2id$...", or public_key = "<base64>"
@@ -218,6 +222,21 @@ impl Default for AdminConfig {
     }
 }
 
+/// TLS on the client port and the admin API (the `[tls]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key of the leaf certificate, PEM.
+    pub key: std::path::PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; set: mutual TLS, every
+    /// client must present a valid certificate, whose subject name becomes the connection's
+    /// identity.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
 /// A client user (`[[users]]`): how it proves who it is, and what it may do.
 ///
 /// Exactly one credential: `token` (plaintext in the file; the broker warns),
@@ -331,6 +350,8 @@ pub struct Config {
     pub lameduck_window_ms: u64,
     /// The admin plane.
     pub admin: AdminConfig,
+    /// TLS on the client port and the admin API; `None`: plain TCP and HTTP.
+    pub tls: Option<TlsConfig>,
     /// Client users; none: no authentication (the broker runs open).
     pub users: Vec<UserConfig>,
 }
@@ -350,6 +371,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             lameduck_window_ms: 10_000,
             admin: AdminConfig::default(),
+            tls: None,
             users: Vec::new(),
         }
     }

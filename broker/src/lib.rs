@@ -8,6 +8,7 @@
 //! - `shard` — one thread and event loop per shard; connections, batching, cross-shard queues.
 //! - [`routing`] — the subject trie snapshots, the per-shard match cache, queue groups.
 //! - [`stats`] — counters.
+//! - [`tls`] — TLS termination in front of the shards, the admin API's HTTPS listener.
 //! - [`transport`] — the byte stream under a connection (TCP, or a socket pair behind TLS).
 //!
 //! ```no_run
@@ -25,6 +26,7 @@ pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 pub use config::{Config, Limits};

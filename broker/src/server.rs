@@ -42,6 +42,9 @@ pub enum StartError {
     /// The admin plane's database cannot be opened.
     #[error("cannot open the data directory: {0}")]
     Store(#[from] crate::admin::store::StoreError),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// A running server.
@@ -68,6 +71,28 @@ impl ServerHandle {
     /// The state shared by the shards (routing table, counters, configuration).
     pub fn global(&self) -> &Arc<Global> {
         &self.global
+    }
+
+    /// The verified TLS client identities (mutual TLS) of the connections open now, by
+    /// connection id.
+    pub fn tls_identities(&self) -> Vec<(u64, String)> {
+        let mut v: Vec<_> = self
+            .global
+            .identities
+            .lock()
+            .iter()
+            .map(|(id, name)| (*id, name.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// TLS handshakes that failed so far (client and admin ports).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.global
+            .admin
+            .tls_handshake_failures
+            .load(Ordering::Relaxed)
     }
 
     /// Counters summed over every shard.
@@ -196,10 +221,17 @@ pub fn start_with_listener(
     log_auth(&auth);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let (tls, admin_tls) = match &config.tls {
+        Some(t) => (
+            Some(crate::tls::server_config(t)?),
+            Some(crate::tls::admin_config(t)?),
+        ),
+        None => (None, None),
+    };
     let global = Arc::new(Global::new(config, new_server_id(), auth)?);
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
-    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone())?;
+    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), admin_tls)?;
     threads.push(admin.thread);
     let mut senders = Vec::new();
     for id in 0..global.shards.len() {
@@ -219,11 +251,13 @@ pub fn start_with_listener(
     }
     let g = global.clone();
     let s = stop_rx.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let tls_on = acceptor.is_some();
     threads.push(
         std::thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || {
-                if let Err(e) = accept_loop(g, listener, senders, s) {
+                if let Err(e) = accept_loop(g, listener, senders, acceptor, s) {
                     tracing::error!("acceptor failed: {e}");
                 }
             })?,
@@ -234,6 +268,8 @@ pub fn start_with_listener(
         server_id = %global.server_id,
         max_payload = global.config.limits.max_payload,
         max_connections = global.config.limits.max_connections,
+        tls = tls_on,
+        mutual_tls = global.config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "agentwire listening"
     );
     if let Some(a) = admin_addr {
@@ -267,6 +303,7 @@ fn accept_loop(
     global: Arc<Global>,
     listener: std::net::TcpListener,
     shards: Vec<mpsc::UnboundedSender<Incoming>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -276,8 +313,11 @@ fn accept_loop(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let mut lame = global.lame.subscribe();
         let mut next = 0usize;
+        // TLS sessions (handshake, then the proxy to the shard) of this runtime.
+        let mut sessions = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
                 r = stop.changed() => {
                     if r.is_err() || *stop.borrow() {
                         break;
@@ -312,6 +352,20 @@ fn accept_loop(
                 tokio::spawn(refuse(stream, max));
                 continue;
             }
+            if let Some(acceptor) = &tls {
+                // The handshake runs in its own task: a slow or hostile client never holds up
+                // the accept loop. It gives `conn_count` back if it drops the connection.
+                let i = next % shards.len();
+                next = next.wrapping_add(1);
+                sessions.spawn(crate::tls::terminate(
+                    global.clone(),
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    shards[i].clone(),
+                ));
+                continue;
+            }
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
                 Err(e) => {
@@ -324,6 +378,31 @@ fn accept_loop(
             next = next.wrapping_add(1);
             if shards[i].send(Incoming::tcp(std_stream)).is_err() {
                 global.conn_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        drop(listener);
+        // The TLS sessions live on this runtime: keep it until their connections end (lame
+        // duck and shutdown close them through the shards, which still need the proxy to
+        // deliver LAMEDUCK or the final ERR); once stopped, at most the shutdown grace and the
+        // proxy's linger more.
+        let grace = Duration::from_millis(global.config.shutdown_grace_ms)
+            + crate::tls::LINGER
+            + Duration::from_secs(1);
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut deadline = (*stop.borrow()).then(|| tokio::time::Instant::now() + grace);
+        while !sessions.is_empty() {
+            tokio::select! {
+                r = sessions.join_next() => {
+                    if r.is_none() {
+                        break;
+                    }
+                }
+                r = stop.changed(), if deadline.is_none() => {
+                    if r.is_err() || *stop.borrow() {
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break,
             }
         }
         Ok(())

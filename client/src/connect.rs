@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::transport::{handshake_io, Stream, TlsOptions};
+
 use crate::conn::{lock, Inner, Settings};
 use crate::error::{Error, HandshakeError, ServerError};
 use crate::{reader, writer, Client, ServerInfo};
@@ -71,6 +73,7 @@ pub struct ConnectOptions {
     reconnect_delay_min: Duration,
     reconnect_delay_max: Duration,
     reconnect_buffer_size: usize,
+    tls: TlsOptions,
     credentials: crate::Credentials,
     pending_limits: crate::pending::PendingLimits,
     ping_interval: Duration,
@@ -102,6 +105,7 @@ impl ConnectOptions {
             reconnect_delay_min: DEFAULT_RECONNECT_DELAY_MIN,
             reconnect_delay_max: DEFAULT_RECONNECT_DELAY_MAX,
             reconnect_buffer_size: DEFAULT_RECONNECT_BUFFER_SIZE,
+            tls: TlsOptions::default(),
             credentials: crate::Credentials::None,
             pending_limits: crate::pending::PendingLimits::default(),
             ping_interval: DEFAULT_PING_INTERVAL,
@@ -174,6 +178,55 @@ impl ConnectOptions {
     pub fn max_pings_out(mut self, max: u32) -> ConnectOptions {
         self.max_pings_out = max.max(1);
         self
+    }
+
+    /// Connects over TLS, trusting the CA certificates of this PEM file (and no other) for the
+    /// server's certificate. Reconnects use the same TLS settings.
+    ///
+    /// ```no_run
+    /// use agentwire_client::ConnectOptions;
+    /// # async fn example() -> Result<(), agentwire_client::Error> {
+    /// let client = ConnectOptions::new()
+    ///     .tls_ca_file("ca.pem")
+    ///     .tls_client_cert("planner.pem", "planner.key") // only for mutual TLS
+    ///     .connect("broker.internal:4800")
+    ///     .await?;
+    /// # drop(client); Ok(()) }
+    /// ```
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> ConnectOptions {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM files) to the server, for mutual
+    /// TLS. Needs [`ConnectOptions::tls_ca_file`] (or [`ConnectOptions::tls_config`]).
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> ConnectOptions {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The name the server's certificate must carry (default: the host part of the address
+    /// connected to; an IP address is checked as an IP address SAN).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> ConnectOptions {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// Connects over TLS with this rustls configuration (trust roots, client certificate,
+    /// everything); the file settings are then ignored.
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> ConnectOptions {
+        self.tls.config = Some(config);
+        self
+    }
+
+    /// Whether connections use TLS ([`ConnectOptions::tls_ca_file`] or
+    /// [`ConnectOptions::tls_config`] given).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.enabled()
     }
 
     /// The broker addresses (`host:port`) [`ConnectOptions::connect_servers`] tries, in order;
@@ -290,7 +343,7 @@ impl ConnectOptions {
         self
     }
 
-    /// Bound on opening the TCP connection and completing the handshake.
+    /// Bound on opening the TCP connection and completing the handshake (TLS included).
     pub fn connect_timeout(mut self, timeout: Duration) -> ConnectOptions {
         self.connect_timeout = timeout;
         self
@@ -364,12 +417,10 @@ impl ConnectOptions {
         Ok(Client::new(inner))
     }
 
-    /// Opens a TCP connection to `addr` and completes the handshake, bounded by the connect
-    /// timeout. Returns the socket, the server's INFO and the bytes read past the PONG.
-    pub(crate) async fn open(
-        &self,
-        addr: &str,
-    ) -> Result<(TcpStream, ServerInfo, BytesMut), Error> {
+    /// Opens a TCP connection to `addr`, the TLS session when configured, and completes the
+    /// handshake, all bounded by the connect timeout. Returns the stream, the server's INFO and
+    /// the bytes read past the PONG.
+    pub(crate) async fn open(&self, addr: &str) -> Result<(Stream, ServerInfo, BytesMut), Error> {
         if self.name.len() > usize::from(u16::MAX) {
             return Err(Error::Encode(EncodeError::FieldTooLong {
                 field: "name",
@@ -377,8 +428,12 @@ impl ConnectOptions {
                 max: usize::from(u16::MAX),
             }));
         }
+        let tls = match self.tls.enabled() {
+            true => Some((self.tls.client_config()?, self.tls.server_name(addr)?)),
+            false => None,
+        };
         let deadline = Instant::now() + self.connect_timeout;
-        let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(Error::ConnectTimeout {
                     addr: addr.to_owned(),
@@ -393,10 +448,33 @@ impl ConnectOptions {
             }
             Ok(Ok(s)) => s,
         };
-        stream.set_nodelay(true).map_err(|source| Error::Connect {
+        tcp.set_nodelay(true).map_err(|source| Error::Connect {
             addr: addr.to_owned(),
             source,
         })?;
+        let mut stream = match tls {
+            None => Stream::Tcp(tcp),
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config);
+                match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(Error::Handshake {
+                            addr: addr.to_owned(),
+                            source: handshake_io(e),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(Error::Handshake {
+                            addr: addr.to_owned(),
+                            source: HandshakeError::Timeout {
+                                after: self.connect_timeout,
+                            },
+                        })
+                    }
+                }
+            }
+        };
         let handshake = handshake(
             &mut stream,
             &self.name,
@@ -438,7 +516,7 @@ impl ConnectOptions {
 /// Spawns the reader and writer of connection `generation` on `stream`.
 pub(crate) fn start_tasks(
     inner: &Arc<Inner>,
-    stream: TcpStream,
+    stream: Stream,
     leftover: BytesMut,
     read_size: usize,
     generation: u64,
@@ -489,14 +567,14 @@ pub(crate) fn random_token() -> String {
 
 /// Reads once into `buf`, growing it first if needed; `Ok(false)` at EOF.
 async fn fill(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     want: usize,
 ) -> Result<bool, HandshakeError> {
     if buf.capacity() - buf.len() < want.max(1024) {
         buf.reserve(want.max(1024));
     }
-    let n = stream.read_buf(buf).await.map_err(HandshakeError::Io)?;
+    let n = stream.read_buf(buf).await.map_err(handshake_io)?;
     Ok(n > 0)
 }
 
@@ -510,7 +588,7 @@ enum Next {
 
 /// INFO → HELLO + PING → PONG. Returns the server's info and the bytes read past the PONG.
 async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     name: &str,
     credentials: &crate::Credentials,
     read_size: usize,
@@ -571,13 +649,15 @@ async fn handshake(
                 )
                 .map_err(|e| HandshakeError::Credentials(e.to_string()))?;
                 encode_ping(&mut out);
-                stream.write_all(&out).await.map_err(HandshakeError::Io)?;
+                stream.write_all(&out).await.map_err(handshake_io)?;
+                stream.flush().await.map_err(handshake_io)?;
                 info = Some(i);
             }
             Next::Ping => {
                 let mut out = BytesMut::with_capacity(8);
                 encode_pong(&mut out);
-                stream.write_all(&out).await.map_err(HandshakeError::Io)?;
+                stream.write_all(&out).await.map_err(handshake_io)?;
+                stream.flush().await.map_err(handshake_io)?;
             }
             Next::Pong => {
                 let info = info.expect("a PONG is accepted only after INFO: matched above");

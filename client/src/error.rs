@@ -84,6 +84,12 @@ pub enum HandshakeError {
     /// Reading or writing the socket failed.
     #[error("i/o error: {0}")]
     Io(io::Error),
+    /// The TLS handshake failed, or the server ended it with an alert: a server certificate
+    /// not signed by the trusted CA, a name mismatch, a server that requires a client
+    /// certificate (with TLS 1.3 that alert arrives after the TLS handshake, while the client
+    /// waits for INFO: it is reported here all the same).
+    #[error("TLS handshake failed: {0}")]
+    Tls(rustls::Error),
     /// The handshake did not complete within the connect timeout.
     #[error("no answer within {after:?} — is the server overloaded, or not an agentwire server?")]
     Timeout {
@@ -122,6 +128,13 @@ pub enum Error {
         addr: String,
         /// What went wrong.
         source: HandshakeError,
+    },
+    /// The TLS settings cannot be used (a CA or certificate file that cannot be read, an
+    /// invalid server name).
+    #[error("TLS configuration: {reason}")]
+    TlsConfig {
+        /// What is wrong.
+        reason: String,
     },
     /// A socket error on an established connection.
     #[error("connection i/o error: {0}")]

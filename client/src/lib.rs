@@ -60,6 +60,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! TLS: [`ConnectOptions::tls_ca_file`] (trust this CA), [`ConnectOptions::tls_client_cert`]
+//! (mutual TLS), [`ConnectOptions::tls_server_name`] or [`ConnectOptions::tls_config`] (a
+//! ready `rustls::ClientConfig`). A refused TLS handshake is [`HandshakeError::Tls`].
+//!
 //! How it works: each connection runs one reader and one writer task (`tokio::spawn`; any
 //! runtime flavour). Publishes are encoded straight into a shared write buffer that the writer
 //! sends in one write per batch; past [`ConnectOptions::write_buffer_limit`] publishers wait.
@@ -90,6 +94,7 @@ mod reader;
 mod reconnect;
 mod subject;
 mod subscriber;
+mod transport;
 mod writer;
 
 pub use agentwire_protocol::control::{

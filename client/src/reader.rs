@@ -10,13 +10,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::transport::ReadHalf;
 use agentwire_protocol::{
     encode_pong, encode_unsub, flags, frame_len, parse_frame, DecodeError, Frame, MsgFrame,
 };
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::conn::{lock, Inner, Origin, ReplyOutcome, SubEntry, SubKind};
 use crate::error::{CloseReason, Error, ServerError};
@@ -34,7 +34,7 @@ const MIN_SPARE: usize = 4096;
 /// connection (of write generation `generation`), which reconnects when reconnect is on.
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
     read_size: usize,
     generation: u64,

@@ -8,9 +8,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::transport::WriteHalf;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::conn::{Inner, Origin};
 use crate::error::CloseReason;
@@ -29,7 +29,7 @@ enum Step {
 /// fails.
 ///
 /// Stops, without touching the buffer, once connection `generation` has dropped.
-pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf, generation: u64) {
+pub(crate) async fn run(inner: Arc<Inner>, mut wr: WriteHalf, generation: u64) {
     let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
     loop {
         let step = {
@@ -55,7 +55,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut wr: OwnedWriteHalf, generation: u
                 return;
             }
             Step::Write => {
-                if let Err(e) = wr.write_all(&out).await {
+                // (flush: TLS keeps records it could not send at once; a no-op on TCP)
+                if let Err(e) = async {
+                    wr.write_all(&out).await?;
+                    wr.flush().await
+                }
+                .await
+                {
                     tracing::debug!(error = %e, "write failed");
                     inner.connection_lost(Origin::Writer, generation, format!("write error: {e}"));
                     return;

@@ -90,7 +90,7 @@ impl ApiStatusParams {
 /// # Errors
 /// When the admin API is not known or the load cannot be set up.
 pub async fn run(p: &ApiStatusParams, env: &Env<'_>) -> Result<RunReport> {
-    let api = AdminApi::new(env.admin()?);
+    let api = env.admin_api()?;
     let load = p.load();
     let probe = Arc::new(LoadProbe::default());
     let (load_report, status) = tokio::join!(

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use agentwire_client::{Client, ConnectOptions};
+use agentwire_client::Client;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -83,9 +83,10 @@ pub async fn run(p: &ConnsParams, env: &Env<'_>) -> Result<RunReport> {
     let mut connecting = JoinSet::new();
     for i in 0..p.conns {
         let (gate, addr, opened) = (gate.clone(), env.addr.to_owned(), opened.clone());
+        let opts = env.options();
         connecting.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let r = ConnectOptions::new()
+            let r = opts
                 .name(format!("bench-conn-{i}"))
                 .connect_timeout(CONNECT_TIMEOUT)
                 .request_timeout(PING_TIMEOUT)

@@ -116,6 +116,8 @@ pub struct Env<'a> {
     pub stall_timeout: Duration,
     /// See [`RunOptions::label`].
     pub label: &'a str,
+    /// The CA to trust when the broker runs TLS (`--tls`).
+    pub tls_ca: Option<&'a std::path::Path>,
 }
 
 impl Env<'_> {
@@ -126,12 +128,28 @@ impl Env<'_> {
     /// # Errors
     /// When the connection or handshake fails.
     pub async fn connect(&self, name: &str) -> Result<Client> {
-        ConnectOptions::new()
+        self.options()
             .name(name)
             .subscription_pending_limits(usize::MAX, usize::MAX)
             .connect(self.addr)
             .await
             .with_context(|| format!("connection {name}"))
+    }
+
+    /// Default client options for this broker (TLS when it runs TLS).
+    pub fn options(&self) -> ConnectOptions {
+        match self.tls_ca {
+            Some(ca) => ConnectOptions::new().tls_ca_file(ca),
+            None => ConnectOptions::new(),
+        }
+    }
+
+    /// A client of the admin API (HTTPS when the broker runs TLS).
+    ///
+    /// # Errors
+    /// As [`Env::admin`], or a CA file that cannot be read.
+    pub fn admin_api(&self) -> Result<crate::admin_api::AdminApi> {
+        crate::admin_api::AdminApi::new(self.admin()?, self.tls_ca)
     }
 
     /// The admin API's address, which the admin-plane scenarios need.
@@ -170,6 +188,7 @@ pub async fn run(spec: &Spec, target: &BrokerTarget, opts: &RunOptions) -> RunRe
             process: broker.process(),
             stall_timeout: opts.stall_timeout,
             label: &opts.label,
+            tls_ca: broker.tls_ca(),
         };
         let scenario = async {
             match spec {

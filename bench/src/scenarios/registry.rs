@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{join_all, Env};
-use crate::admin_api::AdminApi;
 use crate::broker_proc::Window;
 use crate::latency::Latencies;
 use crate::progress::{Counter, Progress};
@@ -97,7 +96,7 @@ struct Instance {
 /// # Errors
 /// When the admin API is not known.
 pub async fn run(p: &RegistryParams, env: &Env<'_>) -> Result<RunReport> {
-    let api = AdminApi::new(env.admin()?);
+    let api = env.admin_api()?;
     let mut report = RunReport::new("registry", p);
     let mut fig = RegistryFigures {
         instances: p.instances,
@@ -262,9 +261,10 @@ async fn register_all(count: u64, env: &Env<'_>, report: &mut RunReport) -> (Vec
     let mut joining = JoinSet::new();
     for i in 0..count {
         let (gate, addr, registered) = (gate.clone(), env.addr.to_owned(), registered.clone());
+        let opts = env.options();
         joining.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let r = register_one(i, &addr).await;
+            let r = register_one(i, &addr, opts).await;
             if r.is_ok() {
                 registered.add(1);
             }
@@ -300,9 +300,9 @@ async fn register_all(count: u64, env: &Env<'_>, report: &mut RunReport) -> (Vec
 }
 
 /// Connects and registers instance `i`.
-async fn register_one(i: u64, addr: &str) -> Result<Instance, String> {
+async fn register_one(i: u64, addr: &str, opts: ConnectOptions) -> Result<Instance, String> {
     let id = format!("{COMPONENT}-{i}");
-    let client = ConnectOptions::new()
+    let client = opts
         .name(id.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .request_timeout(REQUEST_TIMEOUT)

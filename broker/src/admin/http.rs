@@ -182,11 +182,10 @@ async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> R
 }
 
 /// Serves the API on `listener` until `stop`.
-pub async fn serve(
-    global: Arc<dyn DataPlane>,
-    listener: tokio::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve<L>(global: Arc<dyn DataPlane>, listener: L, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let app = router(global);
     let shutdown = async move {
         while !*stop.borrow() {

@@ -63,6 +63,11 @@ fn record_all(global: &dyn DataPlane) {
     gauge!("agentwire_subscriptions").set(global.subscription_count() as f64);
     let admin = global.admin();
     gauge!("agentwire_uptime_seconds").set(admin.started.elapsed().as_secs_f64());
+    counter!("agentwire_tls_handshake_failures_total").absolute(
+        admin
+            .tls_handshake_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     let mut per_component: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for i in admin.registry.list("", "", true) {
         let e = per_component.entry(i.component).or_default();

@@ -53,6 +53,9 @@ pub struct Admin {
     pub hot: optimize::HotSubjects,
     /// When the broker started.
     pub started: Instant,
+    /// TLS handshakes that failed (client port and admin port): bad certificates, timeouts,
+    /// clients that do not speak TLS.
+    pub tls_handshake_failures: std::sync::atomic::AtomicU64,
     /// When the broker started, ms since the Unix epoch.
     pub started_ms: u64,
     /// The HTTP API's bound address, once listening.
@@ -115,6 +118,7 @@ impl Admin {
             hist: hist::Histograms::default(),
             hot: optimize::HotSubjects::default(),
             started: Instant::now(),
+            tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
             http_addr: RwLock::new(None),
         })
@@ -361,13 +365,14 @@ pub struct AdminThread {
 }
 
 /// Starts the admin thread: the heartbeat sweeper, the metrics sampler and (when configured)
-/// the HTTP API. Returns the HTTP API's bound address.
+/// the HTTP API (over HTTPS with `tls`). Returns the HTTP API's bound address.
 ///
 /// # Errors
 /// The HTTP address cannot be bound, or the thread cannot start.
 pub fn start(
     global: Arc<dyn DataPlane>,
     stop: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<(AdminThread, Option<SocketAddr>)> {
     let listener = match global.config().admin.listen {
         Some(addr) => {
@@ -400,7 +405,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(run(global, listener, stop));
+            rt.block_on(run(global, listener, tls, stop));
         })?;
     Ok((AdminThread { thread }, http_addr))
 }
@@ -408,6 +413,7 @@ pub fn start(
 async fn run(
     global: Arc<dyn DataPlane>,
     listener: Option<std::net::TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Some(l) = listener {
@@ -415,7 +421,17 @@ async fn run(
             Ok(l) => {
                 let g = global.clone();
                 let s = stop.clone();
-                tokio::spawn(http::serve(g, l, s));
+                match tls {
+                    None => {
+                        tokio::spawn(http::serve(g, l, s));
+                    }
+                    Some(cfg) => match crate::tls::TlsListener::new(l, cfg, g.clone(), s.clone()) {
+                        Ok(l) => {
+                            tokio::spawn(http::serve(g, l, s));
+                        }
+                        Err(e) => tracing::error!("admin TLS listener: {e}"),
+                    },
+                }
             }
             Err(e) => tracing::error!("admin listener: {e}"),
         }

@@ -26,6 +26,55 @@ pub(crate) struct AdminTarget {
     /// Bearer token for an admin API with `[[admin.tokens]]`.
     #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Talk HTTPS to the admin API (a broker with TLS), trusting the CA certificates of this
+    /// PEM file. (An `--admin https://...` address also means HTTPS, with the built-in web
+    /// roots unless this is given.)
+    #[arg(long, env = "AGENTWIRE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+impl AdminTarget {
+    /// The base URL (`http://ADDR` or `https://ADDR`) of the admin API.
+    fn base_url(&self) -> String {
+        if self.admin.starts_with("https://") || self.admin.starts_with("http://") {
+            self.admin.trim_end_matches('/').to_owned()
+        } else if self.tls_ca.is_some() {
+            format!("https://{}", self.admin)
+        } else {
+            format!("http://{}", self.admin)
+        }
+    }
+
+    /// An HTTP agent: with `--tls-ca`, one that trusts only that CA.
+    fn agent(&self) -> Result<ureq::Agent, Failure> {
+        let mut b = ureq::AgentBuilder::new().timeout(Duration::from_secs(10));
+        if let Some(ca) = &self.tls_ca {
+            b = b.tls_config(tls_client_config(ca).map_err(Failure)?);
+        }
+        Ok(b.build())
+    }
+}
+
+/// A rustls client configuration that trusts the CA certificates of a PEM file.
+pub(crate) fn tls_client_config(
+    ca: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| format!("cannot load the CA from {}: {e}", ca.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no CERTIFICATE block"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// `agentwire components [NAME]`.
@@ -130,10 +179,8 @@ pub(crate) struct TopArgs {
 struct Failure(String);
 
 fn call(method: &str, t: &AdminTarget, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-    let url = format!("http://{}{}", t.admin, path);
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let url = format!("{}{}", t.base_url(), path);
+    let agent = t.agent()?;
     let mut req = agent.request(method, &url);
     if let Some(tok) = &t.admin_token {
         req = req.set("Authorization", &format!("Bearer {tok}"));

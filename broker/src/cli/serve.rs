@@ -60,6 +60,17 @@ pub(crate) struct ServeArgs {
     /// [default: 30d].
     #[arg(long)]
     metrics_retention: Option<String>,
+    /// TLS: the server's certificate chain (PEM). With --tls-key, every client connection
+    /// and the admin API use TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: CA certificates (PEM) client certificates must chain to; clients without
+    /// one are refused. Needs TLS (--tls-cert/--tls-key or `[tls]` in the config file).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Parses `30d`, `12h`, `15m`, `3600s` or a bare number of seconds.
@@ -139,6 +150,26 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = a.max_pending {
         cfg.limits.max_pending = v;
+    }
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        let client_ca = cfg.tls.take().and_then(|t| t.client_ca);
+        cfg.tls = Some(agentwire_broker::config::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca,
+        });
+    }
+    if let Some(ca) = &a.tls_client_ca {
+        match cfg.tls.as_mut() {
+            Some(t) => t.client_ca = Some(ca.clone()),
+            None => {
+                return Err(
+                    "--tls-client-ca needs TLS: give --tls-cert and --tls-key (or [tls] in the \
+                     config file)"
+                        .into(),
+                )
+            }
+        }
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)

@@ -2,6 +2,7 @@
 //! client library, does its one job, and exits with a message a person can act on.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(crate) struct PubArgs {
     server: String,
     #[command(flatten)]
     auth: AuthFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire sub SUBJECT`.
@@ -46,6 +49,8 @@ pub(crate) struct SubArgs {
     server: String,
     #[command(flatten)]
     auth: AuthFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire req SUBJECT DATA`.
@@ -63,6 +68,8 @@ pub(crate) struct ReqArgs {
     server: String,
     #[command(flatten)]
     auth: AuthFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// `agentwire reply SUBJECT`.
@@ -81,6 +88,8 @@ pub(crate) struct ReplyArgs {
     server: String,
     #[command(flatten)]
     auth: AuthFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 /// How the tool authenticates (needed when the broker has `[[users]]`).
@@ -109,6 +118,48 @@ impl AuthFlags {
             return agentwire_client::Credentials::from_file(p).map_err(|e| e.to_string());
         }
         Ok(agentwire_client::Credentials::None)
+    }
+}
+
+/// TLS flags of the client tools.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsFlags {
+    /// Connect over TLS, trusting the CA certificates of this PEM file for the broker's
+    /// certificate.
+    #[arg(long, env = "AGENTWIRE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+    #[arg(long, env = "AGENTWIRE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "AGENTWIRE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// Adds the TLS settings to `opts`.
+    fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, Failure> {
+        let usage = |m: &str| Failure {
+            code: EXIT_USAGE,
+            message: m.to_owned(),
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(usage("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(usage("--tls-key needs --tls-cert")),
+            (Some(c), Some(k)) => {
+                if self.tls_ca.is_none() {
+                    return Err(usage(
+                        "--tls-cert needs --tls-ca (the CA of the broker's certificate)",
+                    ));
+                }
+                opts = opts.tls_client_cert(c, k);
+            }
+            (None, None) => {}
+        }
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.tls_ca_file(ca);
+        }
+        Ok(opts)
     }
 }
 
@@ -158,20 +209,22 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn connect(server: &str, auth: &AuthFlags, name: &str) -> Result<Client, Failure> {
+async fn connect(
+    server: &str,
+    auth: &AuthFlags,
+    tls: &TlsFlags,
+    name: &str,
+) -> Result<Client, Failure> {
     let credentials = auth.credentials().map_err(|message| Failure {
         code: EXIT_USAGE,
         message,
     })?;
-    Ok(ConnectOptions::new()
-        .name(name)
-        .credentials(credentials)
-        .connect(server)
-        .await?)
+    let opts = tls.apply(ConnectOptions::new().name(name).credentials(credentials))?;
+    Ok(opts.connect(server).await?)
 }
 
 async fn publish(a: PubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, &a.auth, "agentwire-pub").await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-pub").await?;
     let payload = Bytes::from(a.data.into_bytes());
     for _ in 0..a.count {
         client.publish(&a.subject, payload.clone()).await?;
@@ -220,7 +273,7 @@ fn print_message(
 }
 
 async fn subscribe(a: SubArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, &a.auth, "agentwire-sub").await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-sub").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,
@@ -255,7 +308,7 @@ async fn subscribe(a: SubArgs) -> Result<(), Failure> {
 }
 
 async fn request(a: ReqArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, &a.auth, "agentwire-req").await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-req").await?;
     let m = client
         .request(
             &a.subject,
@@ -271,7 +324,7 @@ async fn request(a: ReqArgs) -> Result<(), Failure> {
 }
 
 async fn reply(a: ReplyArgs) -> Result<(), Failure> {
-    let client = connect(&a.server, &a.auth, "agentwire-reply").await?;
+    let client = connect(&a.server, &a.auth, &a.tls, "agentwire-reply").await?;
     let mut sub = match &a.queue {
         Some(q) => client.queue_subscribe(&a.subject, q).await?,
         None => client.subscribe(&a.subject).await?,

@@ -373,9 +373,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
     let conn = Rc::new(Conn::new(id, stream, incoming.identity, nonce));
     shard.conns.borrow_mut().insert(id, conn.clone());
     global.loads.write().insert(id, conn.load.clone());
+    if let Some(name) = &conn.identity {
+        global.identities.lock().insert(id, name.clone());
+    }
     ShardStats::add(&shard.handle.stats.conns_total, 1);
     ShardStats::add(&shard.handle.stats.conns_open, 1);
-    tracing::debug!(conn = id, shard = shard.id, ?peer, "connection open");
+    tracing::debug!(conn = id, shard = shard.id, ?peer, identity = ?conn.identity, "connection open");
 
     {
         let limits = *shard.limits.borrow();
@@ -402,6 +405,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, incoming: Incoming) {
     super::control::connection_closed(&shard, &conn);
     conn.load.set_healthy(false);
     global.loads.write().remove(&id);
+    if conn.identity.is_some() {
+        global.identities.lock().remove(&id);
+    }
 
     // Stop deliveries and drop the subscriptions at once; then let the writer finish.
     let subs = {

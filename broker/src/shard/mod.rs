@@ -130,6 +130,9 @@ pub struct Global {
     pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
     /// Lame duck: set once; the acceptor stops, shards notify and close their clients.
     pub lame: watch::Sender<bool>,
+    /// Verified TLS client identities (mutual TLS) of the open connections, by connection id
+    /// (only connections that have one are in it).
+    pub identities: parking_lot::Mutex<FxHashMap<u64, String>>,
     /// The client users now (replaced on reload).
     pub auth: arc_swap::ArcSwap<crate::auth::Auth>,
     /// The limits now (replaced on reload; shards keep their own copy).
@@ -173,6 +176,7 @@ impl Global {
             admin,
             loads: parking_lot::RwLock::new(FxHashMap::default()),
             lame: watch::channel(false).0,
+            identities: parking_lot::Mutex::new(FxHashMap::default()),
             auth: arc_swap::ArcSwap::from_pointee(auth),
             limits: arc_swap::ArcSwap::from_pointee(config.limits),
             reload_source: parking_lot::Mutex::new(None),
@@ -234,6 +238,7 @@ impl Global {
             old.cross_shard_queue != config.cross_shard_queue,
         );
         changed("match_cache", old.match_cache != config.match_cache);
+        changed("tls", old.tls != config.tls);
         if !needs_restart.is_empty() {
             tracing::warn!(
                 ?needs_restart,
