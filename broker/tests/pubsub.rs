@@ -289,7 +289,14 @@ async fn one_million_128_byte_messages_across_shards() {
         publisher.server_info().shard_id,
         subscriber.server_info().shard_id
     );
-    let mut sub = subscriber.subscribe("bulk").await.expect("subscribe");
+    // No client-side pending limit: a starved reader task must not turn into client drops.
+    let mut sub = subscriber
+        .subscribe_with(
+            "bulk",
+            agentwire_client::SubscribeOptions::new().pending_limits(usize::MAX, usize::MAX),
+        )
+        .await
+        .expect("subscribe");
     subscriber.flush().await.expect("flush");
     const N: u64 = 1_000_000;
     let reader = tokio::spawn(async move {
@@ -332,7 +339,15 @@ async fn full_cross_shard_queue_applies_backpressure_without_loss() {
     let server = start(cfg);
     let publisher = connect(server.local_addr()).await;
     let subscriber = connect(server.local_addr()).await;
-    let mut sub = subscriber.subscribe("q").await.expect("subscribe");
+    // What is tested is the broker's backpressure: the client keeps everything it reads (no
+    // client-side pending limit, which would drop when this reader task is starved).
+    let mut sub = subscriber
+        .subscribe_with(
+            "q",
+            agentwire_client::SubscribeOptions::new().pending_limits(usize::MAX, usize::MAX),
+        )
+        .await
+        .expect("subscribe");
     subscriber.flush().await.expect("flush");
     const N: u64 = 200_000;
     let reader = tokio::spawn(async move {
