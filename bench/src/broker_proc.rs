@@ -20,6 +20,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// The token of the one user of a broker started with `--auth`.
+pub const BENCH_TOKEN: &str = "agentwire-bench-token";
+
+/// The config file of a broker started with `--auth`: one user whose rules allow exactly what
+/// the scenarios do, so every PUB and SUB runs the permission check (replies to requests go
+/// through `allow_responses`).
+fn users_toml() -> String {
+    format!(
+        "[[users]]\nname = \"bench\"\ntoken = \"{BENCH_TOKEN}\"\npublish = [\"bench.>\"]\n\
+         subscribe = [\"bench.>\", \"_INBOX.>\"]\ndeny_publish = [\"bench.admin.>\"]\n"
+    )
+}
+
 /// How long a started broker has to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM has before SIGKILL. The broker's own shutdown grace is 5 s by default.
@@ -60,6 +73,9 @@ pub enum BrokerTarget {
         routing: Option<Routing>,
         /// Start it with TLS (a certificate generated per run); clients trust its CA.
         tls: bool,
+        /// Start it with a `[[users]]` config (token, publish/subscribe allow lists); clients
+        /// authenticate with [`BENCH_TOKEN`].
+        auth: bool,
     },
     /// A broker that is already running: no CPU or RSS figures, its routing as it is.
     External {
@@ -118,7 +134,36 @@ impl BrokerTarget {
             shards,
             routing,
             tls: false,
+            auth: false,
         })
+    }
+
+    /// The same target with authentication and permissions (`--auth`): a started broker gets
+    /// one user (token [`BENCH_TOKEN`], publish `bench.>`, subscribe `bench.>` and `_INBOX.>`,
+    /// replies through `allow_responses`), and every client authenticates as it.
+    ///
+    /// # Errors
+    /// With a running broker (`--server`): its users are not known here.
+    pub fn with_auth(self, on: bool) -> Result<BrokerTarget> {
+        match self {
+            BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+                tls,
+                ..
+            } => Ok(BrokerTarget::Spawn {
+                bin,
+                shards,
+                routing,
+                tls,
+                auth: on,
+            }),
+            BrokerTarget::External { .. } if on => {
+                bail!("--auth starts a broker with a user made for the run; not with --server")
+            }
+            t @ BrokerTarget::External { .. } => Ok(t),
+        }
     }
 
     /// The same target with TLS on the client port (`--tls`): a started broker gets a
@@ -132,12 +177,14 @@ impl BrokerTarget {
                 bin,
                 shards,
                 routing,
+                auth,
                 ..
             } => Ok(BrokerTarget::Spawn {
                 bin,
                 shards,
                 routing,
                 tls: on,
+                auth,
             }),
             BrokerTarget::External { .. } if on => {
                 bail!(
@@ -153,12 +200,17 @@ impl BrokerTarget {
     pub fn with_routing(&self, r: Routing) -> Option<BrokerTarget> {
         match self {
             BrokerTarget::Spawn {
-                bin, shards, tls, ..
+                bin,
+                shards,
+                tls,
+                auth,
+                ..
             } => Some(BrokerTarget::Spawn {
                 bin: bin.clone(),
                 shards: *shards,
                 routing: Some(r),
                 tls: *tls,
+                auth: *auth,
             }),
             BrokerTarget::External { .. } => None,
         }
@@ -181,12 +233,14 @@ impl BrokerTarget {
                 shards,
                 routing,
                 tls,
+                auth,
             } => format!(
-                "fresh `{} serve` per run, shards {}, routing {}{}",
+                "fresh `{} serve` per run, shards {}, routing {}{}{}",
                 bin.display(),
                 shards.map_or_else(|| "default (one per core)".to_owned(), |s| s.to_string()),
                 routing.map_or("default (load)", Routing::as_arg),
-                if *tls { ", TLS" } else { "" }
+                if *tls { ", TLS" } else { "" },
+                if *auth { ", auth + permissions" } else { "" }
             ),
             BrokerTarget::External { addr, admin } => format!(
                 "running broker at {addr}, admin API {} (no CPU/RSS)",
@@ -205,6 +259,7 @@ impl BrokerTarget {
                 addr: addr.clone(),
                 admin: admin.clone(),
                 tls_ca: None,
+                token: None,
                 process: None,
             }),
             BrokerTarget::Spawn {
@@ -212,15 +267,17 @@ impl BrokerTarget {
                 shards,
                 routing,
                 tls,
+                auth,
             } => {
                 let mut last_err = None;
                 for _ in 0..START_ATTEMPTS {
-                    match BrokerProcess::start(bin, *shards, *routing, *tls) {
+                    match BrokerProcess::start(bin, *shards, *routing, *tls, *auth) {
                         Ok(p) => {
                             return Ok(Broker {
                                 addr: p.addr.to_string(),
                                 admin: p.admin_addr.map(|a| a.to_string()),
                                 tls_ca: p.tls_ca.clone(),
+                                token: auth.then(|| BENCH_TOKEN.to_owned()),
                                 process: Some(p),
                             })
                         }
@@ -239,6 +296,7 @@ pub struct Broker {
     addr: String,
     admin: Option<String>,
     tls_ca: Option<PathBuf>,
+    token: Option<String>,
     process: Option<BrokerProcess>,
 }
 
@@ -256,6 +314,11 @@ impl Broker {
     /// The CA file clients trust, when the broker runs TLS.
     pub fn tls_ca(&self) -> Option<&Path> {
         self.tls_ca.as_deref()
+    }
+
+    /// The token clients authenticate with, when the broker has users (`--auth`).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// The process, when this run started one.
@@ -302,6 +365,7 @@ impl BrokerProcess {
         shards: Option<usize>,
         routing: Option<Routing>,
         tls: bool,
+        auth: bool,
     ) -> Result<BrokerProcess> {
         let addr = free_port()?;
         let admin = free_port()?;
@@ -329,6 +393,14 @@ impl BrokerProcess {
         } else {
             None
         };
+        if auth {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let file = data_dir.join("users.toml");
+            std::fs::write(&file, users_toml())
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            cmd.arg("--config").arg(file);
+        }
         // Per-connection info logs would cost the broker time in the conns scenario.
         cmd.env("RUST_LOG", "warn");
         let mut p = BrokerProcess::spawn(cmd, addr, "broker", true)?;
@@ -717,12 +789,29 @@ mod tests {
             shards: Some(2),
             routing: None,
             tls: false,
+            auth: false,
         };
         let rr = spawn
             .with_routing(Routing::RoundRobin)
             .expect("a started broker takes --routing");
         assert_eq!(rr.routing().map(Routing::as_arg), Some("round-robin"));
         assert!(rr.describe().contains("routing round-robin"));
+    }
+
+    fn ext_auth_refused() -> bool {
+        BrokerTarget::resolve(Some("127.0.0.1:4800"), None, None, None, None)
+            .expect("a running broker")
+            .with_auth(true)
+            .is_err()
+    }
+
+    #[test]
+    fn the_auth_users_file_is_a_valid_broker_config() {
+        let cfg: agentwire_broker::Config =
+            toml::from_str(&users_toml()).expect("the broker parses it");
+        cfg.validate().expect("and accepts it");
+        assert_eq!(cfg.users.len(), 1);
+        assert_eq!(cfg.users[0].token.as_deref(), Some(BENCH_TOKEN));
     }
 
     #[test]
@@ -739,6 +828,7 @@ mod tests {
             shards: None,
             routing: None,
             tls: false,
+            auth: false,
         }
         .with_tls(true)
         .expect("a started broker takes --tls");
@@ -756,6 +846,9 @@ mod tests {
             assert!(text.starts_with("-----BEGIN "), "{f}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+        let both = rr.with_auth(true).expect("a started broker takes --auth");
+        assert!(both.describe().ends_with(", TLS, auth + permissions"));
+        assert!(ext_auth_refused());
     }
 
     #[test]

@@ -71,6 +71,10 @@ struct Common {
     /// run); every client connects over TLS trusting its CA. Not with --server.
     #[arg(long, global = true)]
     tls: bool,
+    /// Start the broker with a user (token, publish/subscribe allow lists): every client
+    /// authenticates and every PUB and SUB is checked. Not with --server.
+    #[arg(long, global = true)]
+    auth: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +133,7 @@ pub fn main() -> ExitCode {
         c.routing,
     )
     .and_then(|t| t.with_tls(c.tls))
+    .and_then(|t| t.with_auth(c.auth))
     {
         Ok(t) => t,
         Err(e) => {

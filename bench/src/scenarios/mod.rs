@@ -118,6 +118,8 @@ pub struct Env<'a> {
     pub label: &'a str,
     /// The CA to trust when the broker runs TLS (`--tls`).
     pub tls_ca: Option<&'a std::path::Path>,
+    /// The token to authenticate with when the broker has users (`--auth`).
+    pub token: Option<&'a str>,
 }
 
 impl Env<'_> {
@@ -136,11 +138,16 @@ impl Env<'_> {
             .with_context(|| format!("connection {name}"))
     }
 
-    /// Default client options for this broker (TLS when it runs TLS).
+    /// Default client options for this broker (TLS when it runs TLS, its token when it has
+    /// users).
     pub fn options(&self) -> ConnectOptions {
-        match self.tls_ca {
+        let o = match self.tls_ca {
             Some(ca) => ConnectOptions::new().tls_ca_file(ca),
             None => ConnectOptions::new(),
+        };
+        match self.token {
+            Some(t) => o.token(t),
+            None => o,
         }
     }
 
@@ -189,6 +196,7 @@ pub async fn run(spec: &Spec, target: &BrokerTarget, opts: &RunOptions) -> RunRe
             stall_timeout: opts.stall_timeout,
             label: &opts.label,
             tls_ca: broker.tls_ca(),
+            token: broker.token(),
         };
         let scenario = async {
             match spec {
