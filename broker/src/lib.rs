@@ -26,4 +26,4 @@ pub mod stats;
 pub mod transport;
 
 pub use config::{Config, Limits};
-pub use server::{start, start_with_listener, ServerHandle, StartError};
+pub use server::{start, start_with_listener, AttachError, ServerHandle, StartError};
