@@ -11,9 +11,10 @@
 //! `ServerHandle::attach`, the connection is half-closed, and everything the broker sends is
 //! read until end of stream, all within a deadline (a hang is a finding).
 //!
-//! Checked on every connection: the bytes decode as whole, valid frames of ops a server sends;
-//! the first is INFO and only the first; nothing follows a fatal ERR; ERR codes are known; a
-//! MSG names a sid the client subscribed and a subject that sid's pattern matches. When the
+//! Checked on every connection: the bytes decode as whole, valid frames of ops a server sends,
+//! none over the frame limit (`max_payload + 4096`); the first is INFO and only the first;
+//! nothing follows a fatal ERR; ERR codes are known; a MSG names a sid the client subscribed
+//! and a subject that sid's pattern matches. When the
 //! plan is made only of well-formed frames, the broker's answer is predicted: a missing or
 //! wrong first frame ends in the one fatal ERR it calls for, and after a good HELLO no fatal
 //! ERR but `slow_consumer` comes and every PING gets its PONG. Every [`PROBE_EVERY`] inputs a
@@ -237,7 +238,13 @@ fn control_frame(u: &mut Unstructured<'_>, out: &mut BytesMut) -> AResult<()> {
                     Vec::new()
                 },
                 metadata: if u.ratio(1, 4)? {
-                    vec![(name(u)?, "v".into())]
+                    // Up to the longest value allowed (4096 bytes).
+                    let n = if u.ratio(1, 2)? {
+                        u.int_in_range(3000..=control::MAX_META_VALUE_LEN)?
+                    } else {
+                        1
+                    };
+                    vec![(name(u)?, "v".repeat(n))]
                 } else {
                     Vec::new()
                 },
@@ -459,6 +466,12 @@ fn build(u: &mut Unstructured<'_>) -> AResult<Plan> {
                 truncate = u.int_in_range(1..=8)?;
             }
         }
+        if this_op.is_some()
+            && cur.len() - before > MAX_PAYLOAD as usize + proto::FRAME_OVERHEAD_ALLOWANCE
+        {
+            // Over the frame limit (a REGISTER with long metadata): fatal, not predicted.
+            plan.clean = false;
+        }
         if plan.first_op.is_none() {
             plan.first_op = this_op;
         }
@@ -623,7 +636,9 @@ fn check_stream(who: &str, out: &[u8], sids: Option<&HashMap<u32, Vec<Vec<u8>>>>
         )
     };
     while at < out.len() {
-        let (frame, used) = match proto::decode_frame(&out[at..], usize::MAX) {
+        // The frame limit a client applies to what it receives (PROTOCOL.md section 1).
+        let limit = MAX_PAYLOAD as usize + proto::FRAME_OVERHEAD_ALLOWANCE;
+        let (frame, used) = match proto::decode_frame(&out[at..], limit) {
             Ok(Some(f)) => f,
             Ok(None) => panic!("broker's stream ends inside a frame; {}", ctx(at)),
             Err(e) => panic!("broker sent an invalid frame ({e}); {}", ctx(at)),
@@ -682,8 +697,11 @@ fn check_stream(who: &str, out: &[u8], sids: Option<&HashMap<u32, Vec<Vec<u8>>>>
                     String::from_utf8_lossy(m.subject),
                     ctx(at)
                 );
+                // A client's PUB over max_payload is dropped; the broker's own `$SYS` events
+                // are bounded by the frame limit only (checked for every frame above).
                 assert!(
-                    m.headers.len() + m.payload.len() <= MAX_PAYLOAD as usize,
+                    m.subject.starts_with(b"$SYS.")
+                        || m.headers.len() + m.payload.len() <= MAX_PAYLOAD as usize,
                     "MSG over max_payload; {}",
                     ctx(at)
                 );
