@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream as StdUnix;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,9 @@ const TOKENS: [&[u8]; 8] = [
 ];
 /// Names for control bodies (components, instances, capabilities).
 const NAMES: [&str; 4] = ["a", "b", "svc", "bad name"];
+
+/// A known finding was seen (reported once per process).
+static KNOWN_OVERSIZE: AtomicBool = AtomicBool::new(false);
 
 /// The process-wide broker, its runtime for the client side, and the probe connection.
 struct World {
@@ -244,7 +247,8 @@ fn control_frame(u: &mut Unstructured<'_>, out: &mut BytesMut) -> AResult<()> {
                     } else {
                         1
                     };
-                    vec![(name(u)?, "v".repeat(n))]
+                    let c = if u.ratio(1, 2)? { "\"" } else { "v" };
+                    vec![(name(u)?, c.repeat(n))]
                 } else {
                     Vec::new()
                 },
@@ -638,11 +642,30 @@ fn check_stream(who: &str, out: &[u8], sids: Option<&HashMap<u32, Vec<Vec<u8>>>>
     while at < out.len() {
         // The frame limit a client applies to what it receives (PROTOCOL.md section 1).
         let limit = MAX_PAYLOAD as usize + proto::FRAME_OVERHEAD_ALLOWANCE;
-        let (frame, used) = match proto::decode_frame(&out[at..], limit) {
+        let (frame, used) = match proto::decode_frame(&out[at..], usize::MAX) {
             Ok(Some(f)) => f,
             Ok(None) => panic!("broker's stream ends inside a frame; {}", ctx(at)),
             Err(e) => panic!("broker sent an invalid frame ({e}); {}", ctx(at)),
         };
+        if used > limit {
+            match frame {
+                // Known finding (broker/tests/fuzz_regressions.rs): a `$SYS.components` event
+                // is the registration as JSON and can exceed the limit. Noted once, not fatal,
+                // so the run goes on looking for the rest.
+                Frame::Msg(m) if m.subject.starts_with(b"$SYS.components.") => {
+                    if !KNOWN_OVERSIZE.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "known finding: {} event of {used} bytes over the frame limit {limit}",
+                            String::from_utf8_lossy(m.subject)
+                        );
+                    }
+                }
+                _ => panic!(
+                    "broker sent a frame of {used} bytes, over the frame limit {limit}; {}",
+                    ctx(at)
+                ),
+            }
+        }
         assert!(
             seen.fatal.is_none(),
             "broker sent op {:#04x} after a fatal ERR (code {:?}); {}",
