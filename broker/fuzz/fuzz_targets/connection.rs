@@ -61,8 +61,11 @@ const TOKENS: [&[u8]; 8] = [
 /// Names for control bodies (components, instances, capabilities).
 const NAMES: [&str; 4] = ["a", "b", "svc", "bad name"];
 
-/// A known finding was seen (reported once per process).
+/// A known finding (a `$SYS.components` event over the frame limit) was seen (reported once
+/// per process).
 static KNOWN_OVERSIZE: AtomicBool = AtomicBool::new(false);
+/// The other known finding was seen.
+static KNOWN_OVERSIZE_DISCOVERED: AtomicBool = AtomicBool::new(false);
 
 /// The process-wide broker, its runtime for the client side, and the probe connection.
 struct World {
@@ -660,8 +663,20 @@ fn check_stream(who: &str, out: &[u8], sids: Option<&HashMap<u32, Vec<Vec<u8>>>>
                         );
                     }
                 }
+                // Known finding too: DISCOVERED lists the instances with their metadata.
+                Frame::Unknown {
+                    op: op::DISCOVERED, ..
+                } => {
+                    if !KNOWN_OVERSIZE_DISCOVERED.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "known finding: DISCOVERED of {used} bytes over the frame limit {limit}"
+                        );
+                    }
+                }
                 _ => panic!(
-                    "broker sent a frame of {used} bytes, over the frame limit {limit}; {}",
+                    "broker sent a frame of {used} bytes (op {:#04x}), over the frame limit \
+                     {limit}; {}",
+                    frame.op(),
                     ctx(at)
                 ),
             }
