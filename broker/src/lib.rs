@@ -30,4 +30,4 @@ pub mod tls;
 pub mod transport;
 
 pub use config::{Config, Limits};
-pub use server::{start, start_with_listener, ServerHandle, StartError};
+pub use server::{start, start_with_listener, AttachError, ServerHandle, StartError};

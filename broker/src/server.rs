@@ -7,7 +7,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -47,6 +47,18 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsSetupError),
 }
 
+/// Why [`ServerHandle::attach`] did not take a connection (the stream is dropped: its peer
+/// reads end of stream).
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The server is at `limits.max_connections`.
+    #[error("server is at max_connections ({0})")]
+    TooManyConnections(usize),
+    /// The server is in lame duck or shutting down: it takes no new connections.
+    #[error("server is not taking new connections (lame duck or shutting down)")]
+    NotAccepting,
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -55,6 +67,10 @@ pub struct ServerHandle {
     global: Arc<Global>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The shards' connection queues, for [`ServerHandle::attach`].
+    attach_to: Vec<mpsc::UnboundedSender<Incoming>>,
+    /// Round-robin cursor of [`ServerHandle::attach`].
+    attach_next: AtomicUsize,
 }
 
 impl ServerHandle {
@@ -160,6 +176,45 @@ impl ServerHandle {
             }
         }
     }
+
+    /// The in-memory entry, for tests and fuzzing: serves one end of a Unix socket pair
+    /// (`UnixStream::pair()`) as a client connection, exactly as an accepted TCP connection
+    /// (INFO, handshake, limits, keep-alive), without the listener. The caller speaks the
+    /// protocol on the other end. Shards are picked round robin, like the acceptor's.
+    ///
+    /// The connection counts against `limits.max_connections` from here until its shard closes
+    /// it. The stream may be blocking or not; the shard makes it non-blocking.
+    ///
+    /// # Errors
+    /// [`AttachError::TooManyConnections`] at `max_connections` (the broker's acceptor would
+    /// refuse it too), [`AttachError::NotAccepting`] in lame duck or after shutdown. The stream
+    /// is dropped then, so the other end reads end of stream.
+    pub fn attach(&self, stream: std::os::unix::net::UnixStream) -> Result<(), AttachError> {
+        if *self.stop.borrow() || *self.global.lame.borrow() {
+            return Err(AttachError::NotAccepting);
+        }
+        let max = self.global.config.limits.max_connections;
+        // As the acceptor: counted before the hand-over, the shard subtracts it at the end.
+        if self.global.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+            self.global.conn_count.fetch_sub(1, Ordering::Relaxed);
+            self.global.shards[0]
+                .stats
+                .count_error(ErrorCode::TooManyConnections);
+            return Err(AttachError::TooManyConnections(max));
+        }
+        let i = self.attach_next.fetch_add(1, Ordering::Relaxed) % self.attach_to.len();
+        let incoming = Incoming {
+            stream: crate::transport::StdStream::Unix(stream),
+            peer: None,
+            identity: None,
+        };
+        if self.attach_to[i].send(incoming).is_err() {
+            // The shard has stopped.
+            self.global.conn_count.fetch_sub(1, Ordering::Relaxed);
+            return Err(AttachError::NotAccepting);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for ServerHandle {
@@ -249,6 +304,7 @@ pub fn start_with_listener(
                 })?,
         );
     }
+    let attach_to = senders.clone();
     let g = global.clone();
     let s = stop_rx.clone();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -281,6 +337,8 @@ pub fn start_with_listener(
         global,
         stop,
         threads,
+        attach_to,
+        attach_next: AtomicUsize::new(0),
     })
 }
 
