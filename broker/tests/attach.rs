@@ -70,6 +70,8 @@ impl Attached {
                 features: proto::features::HEADERS,
                 name: b"attached",
                 token: b"",
+                public_key: b"",
+                signature: b"",
             },
         )
         .expect("encode hello");

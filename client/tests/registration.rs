@@ -739,14 +739,17 @@ async fn discover_round_trip_with_concurrent_requests_answered_out_of_order() {
     // The later request is answered first; a DISCOVERED nobody waits for is ignored.
     let mut answers = frame(&Discovered {
         request_id: beta.request_id,
+        truncated: false,
         instances: beta_answer.clone(),
     });
     answers.extend(frame(&Discovered {
         request_id: 999_999,
+        truncated: false,
         instances: vec![instance("zeta", "zeta-0", true)],
     }));
     answers.extend(frame(&Discovered {
         request_id: alpha.request_id,
+        truncated: false,
         instances: alpha_answer.clone(),
     }));
     conn.send(Cmd::Raw(answers));
@@ -798,6 +801,7 @@ async fn discover_times_out_without_an_answer() {
     let late = decode_control::<Discover>(&conn.log.controls(op::DISCOVER)[0]).expect("valid");
     conn.send(Cmd::Raw(frame(&Discovered {
         request_id: late.request_id,
+        truncated: false,
         instances: Vec::new(),
     })));
     client.flush().await.expect("flush");

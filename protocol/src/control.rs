@@ -110,6 +110,9 @@ pub struct Discovered {
     pub request_id: u64,
     /// Matching instances, sorted by component then instance id.
     pub instances: Vec<InstanceInfo>,
+    /// The answer did not fit the server's `max_payload`: metadata was left out of every
+    /// instance and, if still too large, the list was cut (ask a narrower query).
+    pub truncated: bool,
 }
 
 /// One live instance as the registry sees it.
@@ -435,6 +438,7 @@ mod tests {
         assert_eq!(decode_control::<Discover>(&d.to_body().expect("e")), Ok(d));
         let ds = Discovered {
             request_id: 42,
+            truncated: false,
             instances: vec![InstanceInfo {
                 component: "planner".into(),
                 instance_id: "planner-0".into(),

@@ -315,6 +315,8 @@ fn hello(out: &mut BytesMut, version: u16, feats: u32, name: &[u8]) {
             features: feats,
             name,
             token: b"",
+            public_key: b"",
+            signature: b"",
         },
     )
     .expect("HELLO encodes");

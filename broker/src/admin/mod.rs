@@ -232,6 +232,8 @@ pub trait DataPlane: Send + Sync + 'static {
     fn loads(&self) -> Vec<(u64, Arc<load::ConnLoad>)>;
     /// Enters lame-duck mode.
     fn lame_duck(&self);
+    /// The largest message body clients accept now (the live `limits.max_payload`).
+    fn max_payload(&self) -> u32;
     /// Re-reads the configuration from its source and applies users and limits.
     ///
     /// # Errors
@@ -264,7 +266,8 @@ pub fn publish_events(global: &dyn DataPlane, events: Vec<Event>) {
             "component {}",
             e.name()
         );
-        sys_publish(global, e.subject(), e.payload());
+        let max = global.max_payload() as usize;
+        sys_publish(global, e.subject(), e.payload_within(max));
     }
 }
 

@@ -59,6 +59,36 @@ impl Event {
     }
 
     /// The JSON payload published with it.
+    /// The event as JSON within `max` bytes when possible: the whole instance, or, when that is
+    /// larger (metadata, capabilities and subjects are client-chosen), its bounded fields only
+    /// with `"truncated": true` (ids and version are at most 128 bytes each, so this always
+    /// fits the frame limit of `max_payload + 4096`).
+    pub fn payload_within(&self, max: usize) -> Vec<u8> {
+        let full = self.payload();
+        if full.len() <= max {
+            return full;
+        }
+        let i = self.instance();
+        let mut v = serde_json::json!({
+            "component": i.component,
+            "instance_id": i.instance_id,
+            "version": i.version,
+            "environment": i.environment,
+            "status": if i.healthy { "healthy" } else { "unhealthy" },
+            "healthy": i.healthy,
+            "health_score": i.health_score,
+            "registered_at_ms": i.registered_at_ms,
+            "last_seen_ms": i.last_seen_ms,
+            "event": self.name(),
+            "truncated": true,
+        });
+        if let (Event::Left(_, why), Some(o)) = (self, v.as_object_mut()) {
+            o.insert("reason".into(), serde_json::Value::from(*why));
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    /// The event as JSON: the instance ([`instance_json`]), `event`, and `reason` for `left`.
     pub fn payload(&self) -> Vec<u8> {
         let mut v = instance_json(self.instance());
         if let (Event::Left(_, why), Some(o)) = (self, v.as_object_mut()) {

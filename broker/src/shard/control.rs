@@ -153,15 +153,57 @@ fn discover(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
     let answer = Discovered {
         request_id: q.request_id,
         instances,
+        truncated: false,
     };
-    let mut st = conn.st.borrow_mut();
-    let before = st.out.len();
-    if let Err(e) = encode_control(&mut st.out, &answer) {
-        tracing::error!("cannot encode DISCOVERED: {e}");
-        st.out.truncate(before);
-    }
-    drop(st);
+    let max = shard.limits.borrow().max_payload as usize;
+    let frame = match fit_discovered(answer, max) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("cannot encode DISCOVERED: {e}");
+            return;
+        }
+    };
+    conn.st.borrow_mut().out.extend_from_slice(&frame);
     shard.touch(conn);
+}
+
+/// Encodes `answer` within `max` bytes of body: the whole list if it fits; otherwise without
+/// metadata, then cut from the end, flagged `truncated` (a client applies the frame limit to
+/// what it reads, so an answer over it would cost the asker its connection).
+fn fit_discovered(mut answer: Discovered, max: usize) -> Result<BytesMut, proto::EncodeError> {
+    let mut b = BytesMut::new();
+    encode_control(&mut b, &answer)?;
+    if b.len() <= max + proto::HEADER_LEN {
+        return Ok(b);
+    }
+    let total = answer.instances.len();
+    answer.truncated = true;
+    for i in &mut answer.instances {
+        i.metadata.clear();
+    }
+    loop {
+        b.clear();
+        encode_control(&mut b, &answer)?;
+        if b.len() <= max + proto::HEADER_LEN || answer.instances.is_empty() {
+            break;
+        }
+        let keep = answer.instances.len() * (max + proto::HEADER_LEN) / b.len();
+        answer
+            .instances
+            .truncate(keep.min(answer.instances.len() - 1));
+    }
+    tracing::warn!(
+        instances = total,
+        sent = answer.instances.len(),
+        max_payload = max,
+        "DISCOVERED over max_payload: metadata left out{}",
+        if answer.instances.len() < total {
+            ", list cut"
+        } else {
+            ""
+        }
+    );
+    Ok(b)
 }
 
 /// The connection is gone: drop its registration (if any) and tell the watchers.

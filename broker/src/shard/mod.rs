@@ -316,6 +316,9 @@ impl DataPlane for Global {
     fn lame_duck(&self) {
         self.enter_lame_duck();
     }
+    fn max_payload(&self) -> u32 {
+        self.limits.load().max_payload
+    }
     fn loads(&self) -> Vec<(u64, Arc<ConnLoad>)> {
         self.loads
             .read()
