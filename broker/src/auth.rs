@@ -382,6 +382,8 @@ pub fn hash_token(token: &str) -> Result<String, String> {
 #[derive(Debug)]
 pub(crate) struct ConnAuth {
     pub user: Arc<User>,
+    /// The publish rule allows everything (no check at all).
+    pub_open: bool,
     /// The last subject a PUB was allowed to (most publishers repeat a few subjects).
     last_ok: Vec<u8>,
     pub_cache: FxHashMap<Box<[u8]>, bool>,
@@ -393,6 +395,7 @@ pub(crate) struct ConnAuth {
 impl ConnAuth {
     pub fn new(user: Arc<User>) -> ConnAuth {
         ConnAuth {
+            pub_open: user.perms.publish.is_open(),
             user,
             last_ok: Vec::new(),
             pub_cache: FxHashMap::default(),
@@ -425,10 +428,16 @@ impl ConnAuth {
     /// May this connection publish to `subject`? (A reply to a request it received counts once.)
     #[inline]
     pub fn may_publish(&mut self, subject: &[u8]) -> bool {
-        let rule = &self.user.perms.publish;
-        if rule.is_open() || self.last_ok == subject {
+        if self.pub_open || self.last_ok.as_slice() == subject {
             return true;
         }
+        self.check_publish(subject)
+    }
+
+    /// [`ConnAuth::may_publish`] past the fast path.
+    #[inline(never)]
+    fn check_publish(&mut self, subject: &[u8]) -> bool {
+        let rule = &self.user.perms.publish;
         let ok = match self.pub_cache.get(subject) {
             Some(&ok) => ok,
             None => {
