@@ -552,6 +552,39 @@ async fn prometheus_text_has_the_broker_figures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_error_counts_from_heartbeats_reach_the_metrics() {
+    let h = common::start(admin_config(None));
+    let api = Api::of(&h);
+    let c = client(&h, "counted").await;
+    let m = c
+        .register(reg("counted", "counted-0"))
+        .await
+        .expect("register");
+    let load = m.load_reporter();
+    for i in 0..10 {
+        load.record_request(i % 5 != 0);
+    }
+    let want_req = "agentwire_component_requests_total{component=\"counted\"} 10";
+    let want_err = "agentwire_component_errors_total{component=\"counted\"} 2";
+    let mut text = String::new();
+    for _ in 0..200 {
+        let (code, body) = api.acall("GET", "/metrics".into(), None).await;
+        assert_eq!(code, 200);
+        text = body.as_str().expect("text body").to_owned();
+        if text.contains(want_req) && text.contains(want_err) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(want_req), "{text}");
+    assert!(text.contains(want_err), "{text}");
+    let (_, comp) = api
+        .acall("GET", "/api/v1/components/counted".into(), None)
+        .await;
+    assert_eq!(comp["instances"][0]["load"]["errors_total"], 2, "{comp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stamped_messages_feed_the_publish_to_deliver_histogram() {
     let h = common::start(admin_config(None));
     let api = Api::of(&h);

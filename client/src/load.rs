@@ -7,7 +7,7 @@
 //! memory, read from `/proc/self/stat` and `/proc/self/status` (two small in-memory files; 0
 //! where they cannot be read, and always 0 off Linux).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,10 @@ pub(crate) struct LoadCells {
     queue_depth: AtomicU32,
     /// EWMA of recorded latencies, microseconds; 0 until the first sample.
     latency_us: AtomicU32,
+    /// Requests handled, ever.
+    requests: AtomicU64,
+    /// Requests answered with an error, ever.
+    errors: AtomicU64,
 }
 
 /// A cheap, cloneable handle through which the application reports its load; every heartbeat
@@ -80,6 +84,23 @@ impl LoadReporter {
             });
     }
 
+    /// Counts one handled request, answered with an error when `ok` is false. Heartbeats carry
+    /// the totals; the broker derives the component's request and error rates from them (the
+    /// error-rate alert and canary health during a staged config rollout).
+    pub fn record_request(&self, ok: bool) {
+        self.cells.requests.fetch_add(1, Ordering::Release);
+        if !ok {
+            self.cells.errors.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Requests recorded with [`LoadReporter::record_request`], and how many of them failed.
+    pub fn request_counts(&self) -> (u64, u64) {
+        // Errors first: a concurrent `record_request` never makes errors exceed requests.
+        let errors = self.cells.errors.load(Ordering::Acquire);
+        (self.cells.requests.load(Ordering::Acquire), errors)
+    }
+
     /// The latency currently reported: the moving average of [`LoadReporter::record_latency`]
     /// samples (zero before the first one).
     pub fn latency(&self) -> Duration {
@@ -89,12 +110,15 @@ impl LoadReporter {
     /// The figures the application set, as the next heartbeat carries them (without the
     /// process's CPU and memory, which the heartbeat task adds).
     pub fn current(&self) -> Heartbeat {
+        let (requests, errors) = self.request_counts();
         Heartbeat {
             in_flight: self.cells.in_flight.load(Ordering::Relaxed),
             queue_depth: self.cells.queue_depth.load(Ordering::Relaxed),
             latency_us: self.cells.latency_us.load(Ordering::Relaxed),
             cpu_permille: 0,
             mem_bytes: 0,
+            requests_total: requests,
+            errors_total: errors,
         }
     }
 }

@@ -71,6 +71,11 @@ pub struct Heartbeat {
     pub cpu_permille: u32,
     /// Resident memory in bytes; 0 = unknown.
     pub mem_bytes: u64,
+    /// Requests handled since the instance registered (cumulative; 0 = not reported). The
+    /// broker adds the increase between heartbeats to the component's request count.
+    pub requests_total: u64,
+    /// Of those, requests answered with an error (cumulative; at most `requests_total`).
+    pub errors_total: u64,
 }
 
 /// CONFIG (server → client): a component's config in one environment, as a whole.

@@ -266,6 +266,8 @@ fn control_frame(u: &mut Unstructured<'_>, out: &mut BytesMut) -> AResult<()> {
                 latency_us: u.arbitrary()?,
                 cpu_permille: u.arbitrary()?,
                 mem_bytes: u.arbitrary()?,
+                requests_total: u.arbitrary()?,
+                errors_total: u.arbitrary()?,
             },
         ),
         op::DISCOVER => control::encode_control(

@@ -83,6 +83,11 @@ fn record_all(global: &dyn DataPlane) {
         gauge!("agentwire_component_instances", "component" => c, "status" => "unhealthy")
             .set(unhealthy as f64);
     }
+    for (c, t) in admin.registry.request_totals() {
+        counter!("agentwire_component_requests_total", "component" => c.clone())
+            .absolute(t.requests);
+        counter!("agentwire_component_errors_total", "component" => c).absolute(t.errors);
+    }
     for (c, e, v) in admin.config_versions() {
         gauge!("agentwire_config_version", "component" => c, "environment" => e).set(v as f64);
     }

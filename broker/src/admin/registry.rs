@@ -120,6 +120,8 @@ pub fn instance_json(i: &InstanceInfo) -> serde_json::Value {
             "latency_us": i.load.latency_us,
             "cpu_permille": i.load.cpu_permille,
             "mem_bytes": i.load.mem_bytes,
+            "requests_total": i.load.requests_total,
+            "errors_total": i.load.errors_total,
         },
         "registered_at_ms": i.registered_at_ms,
         "last_seen_ms": i.last_seen_ms,
@@ -156,6 +158,27 @@ struct Entry {
 struct Inner {
     instances: BTreeMap<(String, String), Entry>,
     by_conn: HashMap<u64, (String, String)>,
+    /// Requests and errors reported per component (sums of heartbeat increases), ever.
+    totals: HashMap<String, RequestTotals>,
+}
+
+/// Requests handled and answered with an error, as instances report them in heartbeats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestTotals {
+    /// Requests handled.
+    pub requests: u64,
+    /// Of those, answered with an error.
+    pub errors: u64,
+}
+
+/// How much a cumulative counter grew from `old` to `new` (a counter that went back was reset:
+/// all of `new` is new).
+fn increase(old: u64, new: u64) -> u64 {
+    if new >= old {
+        new - old
+    } else {
+        new
+    }
 }
 
 /// The heartbeat contract.
@@ -295,13 +318,21 @@ impl Registry {
         };
         e.last_seen = Instant::now();
         e.info.last_seen_ms = now_ms();
+        let requests = increase(e.info.load.requests_total, hb.requests_total);
+        let errors = increase(e.info.load.errors_total, hb.errors_total).min(requests);
         e.info.load = hb.clone();
         e.load.set_heartbeat(hb);
         let was = e.info.healthy;
         e.info.healthy = true;
         e.load.set_healthy(true);
         e.info.health_score = health_score(&self.policy, Duration::ZERO, true, hb);
-        Ok((!was).then(|| Event::Healthy(e.info.clone())))
+        let event = (!was).then(|| Event::Healthy(e.info.clone()));
+        if requests > 0 || errors > 0 {
+            let t = g.totals.entry(key.0).or_default();
+            t.requests += requests;
+            t.errors += errors;
+        }
+        Ok(event)
     }
 
     /// Removes the instance of connection `conn` (DEREGISTER or disconnect), if any.
@@ -408,6 +439,15 @@ impl Registry {
     /// The component of connection `conn`, if registered.
     pub fn component_of(&self, conn: u64) -> Option<String> {
         self.inner.lock().by_conn.get(&conn).map(|(c, _)| c.clone())
+    }
+
+    /// Requests and errors reported by each component's instances since the broker started
+    /// (monotonic: instances that left still count), sorted by component.
+    pub fn request_totals(&self) -> Vec<(String, RequestTotals)> {
+        let g = self.inner.lock();
+        let mut v: Vec<_> = g.totals.iter().map(|(c, t)| (c.clone(), *t)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Number of live instances, and of those unhealthy.
@@ -541,5 +581,39 @@ mod tests {
         assert_eq!(v["event"], "left");
         assert_eq!(v["reason"], "disconnected");
         assert_eq!(v["instance_id"], "p0");
+    }
+
+    #[test]
+    fn request_totals_sum_heartbeat_increases_and_survive_resets() {
+        let r = Registry::new(policy());
+        r.register(at(1), &reg("planner", "p0"), Arc::default(), || ())
+            .expect("registers");
+        r.register(at(2), &reg("planner", "p1"), Arc::default(), || ())
+            .expect("registers");
+        let hb = |requests_total, errors_total| Heartbeat {
+            requests_total,
+            errors_total,
+            ..Heartbeat::default()
+        };
+        r.heartbeat(1, &hb(10, 1)).expect("registered");
+        r.heartbeat(1, &hb(25, 1)).expect("registered");
+        r.heartbeat(2, &hb(5, 5)).expect("registered");
+        // A counter that goes back was reset: the new value is all new.
+        r.heartbeat(2, &hb(3, 0)).expect("registered");
+        // Errors never exceed requests in one step.
+        r.heartbeat(1, &hb(26, 9)).expect("registered");
+        assert_eq!(
+            r.request_totals(),
+            vec![(
+                "planner".to_owned(),
+                RequestTotals {
+                    requests: 25 + 5 + 3 + 1,
+                    errors: 1 + 5 + 1,
+                }
+            )]
+        );
+        // Instances that leave still count.
+        r.deregister(1, "disconnected");
+        assert_eq!(r.request_totals()[0].1.requests, 34);
     }
 }
