@@ -429,6 +429,8 @@ mod tests {
             latency_us: 1200,
             cpu_permille: 450,
             mem_bytes: 1 << 30,
+            requests_total: 1_000,
+            errors_total: 7,
         };
         assert_eq!(
             decode_control::<Heartbeat>(&h.to_body().expect("e")),
