@@ -370,6 +370,20 @@ async fn without_tokens_the_dashboard_is_open() {
     )
     .await;
     assert_eq!((s, loc.as_str()), (303, "/config/fresh?env=prod&saved=1"));
+    // `agentwire dashboard` checks the dashboard answers and prints its address.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agentwire"))
+            .args(["dashboard", "--admin", &addr.to_string()])
+            .output()
+            .expect("run agentwire dashboard")
+    })
+    .await
+    .expect("cli task");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("http://{addr}/\n")
+    );
     h.shutdown();
 }
 
