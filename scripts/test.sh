@@ -30,6 +30,26 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
+# broker/tests/dashboard.rs drives the web dashboard in headless Debian `chromium` with
+# `playwright-core` (npm, pinned by broker/tests/browser/package-lock.json; no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+    if ! apt-cache show chromium >/dev/null 2>&1; then
+        $SUDO apt-get update
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends chromium
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if ! apt-cache show nodejs >/dev/null 2>&1; then
+        $SUDO apt-get update
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends nodejs npm
+fi
+if [ ! -d broker/tests/browser/node_modules/playwright-core ]; then
+    (cd broker/tests/browser && npm ci --no-audit --no-fund)
+fi
+
 # soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
 # builds it for the broker's own tests, this makes sure of it when only some packages are tested.
 cargo build -p agentwire-broker --bin agentwire

@@ -116,6 +116,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
             "/api/v1/config/components/{name}/rollback",
             post(config_rollback),
         )
+        .merge(super::dashboard::router())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -124,7 +125,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
 }
 
 /// Equal-time comparison of two secrets (no early exit on the first differing byte).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -132,21 +133,29 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// no or an unknown token → 401; a `viewer` token on anything but GET/HEAD → 403.
 /// The admin token a request was authorized with (its `name`), for `updated_by`.
 #[derive(Debug, Clone)]
-struct TokenName(String);
+pub(crate) struct TokenName(pub(crate) String);
 
 async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> Response {
     let tokens = &g.config().admin.tokens;
     let path = req.uri().path();
-    if tokens.is_empty() || matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if tokens.is_empty()
+        || matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || super::dashboard::is_public(path)
+    {
         return next.run(req).await;
     }
+    // The bearer header, else the dashboard's login cookie (browsers cannot send the header).
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(|v| v.trim().to_owned())
+        .or_else(|| super::dashboard::cookie_token(req.headers()));
     let Some(presented) = presented else {
+        if let Some(r) = super::dashboard::login_redirect(&req) {
+            return r;
+        }
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -158,6 +167,9 @@ async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> R
         .iter()
         .find(|t| same_secret(t.token.as_bytes(), presented.as_bytes()))
     else {
+        if let Some(r) = super::dashboard::login_redirect(&req) {
+            return r;
+        }
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -178,6 +190,7 @@ async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> R
         .into_response();
     }
     req.extensions_mut().insert(TokenName(t.name.clone()));
+    req.extensions_mut().insert(t.role);
     next.run(req).await
 }
 
@@ -335,7 +348,7 @@ async fn reload(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
     }
 }
 
-async fn deployment(State(g): State<AppState>) -> Json<Value> {
+pub(crate) async fn deployment(State(g): State<AppState>) -> Json<Value> {
     let cfg = &g.config();
     let versions: Vec<Value> = g
         .admin()

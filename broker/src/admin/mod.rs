@@ -7,6 +7,7 @@
 //! lock-free load records; everything slow (SQLite, HTTP) runs on the admin thread started by
 //! [`start`].
 
+pub mod dashboard;
 pub mod hist;
 pub mod http;
 pub mod load;
@@ -51,6 +52,8 @@ pub struct Admin {
     pub hist: hist::Histograms,
     /// Sampled publish subjects.
     pub hot: optimize::HotSubjects,
+    /// The dashboard's live figures (a sample a second, last 15 minutes).
+    pub live: dashboard::live::Live,
     /// When the broker started.
     pub started: Instant,
     /// TLS handshakes that failed (client port and admin port): bad certificates, timeouts,
@@ -117,6 +120,7 @@ impl Admin {
             configs: RwLock::new(configs),
             hist: hist::Histograms::default(),
             hot: optimize::HotSubjects::default(),
+            live: dashboard::live::Live::default(),
             started: Instant::now(),
             tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
@@ -440,6 +444,7 @@ async fn run(
         }
     }
     tokio::spawn(metrics::sampler(global.clone(), stop.clone()));
+    tokio::spawn(dashboard::live::sampler(global.clone(), stop.clone()));
     if let Some(mut rx) = global.admin().jobs_rx.lock().take() {
         let g = global.clone();
         tokio::spawn(async move {

@@ -537,6 +537,22 @@ pub(crate) fn deployment(t: AdminTarget) -> ExitCode {
     })())
 }
 
+/// `agentwire dashboard`: checks that the web dashboard answers and prints its address.
+pub(crate) fn dashboard(t: AdminTarget) -> ExitCode {
+    finish((|| {
+        let url = format!("{}/", t.base_url());
+        match t.agent()?.get(&format!("{url}login")).call() {
+            Ok(_) => {
+                println!("{url}");
+                Ok(())
+            }
+            Err(e) => Err(Failure(format!(
+                "the dashboard at {url} does not answer: {e}"
+            ))),
+        }
+    })())
+}
+
 /// `agentwire top`: rates and latency, refreshed.
 pub(crate) fn top(a: TopArgs) -> ExitCode {
     finish((|| {

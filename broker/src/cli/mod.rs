@@ -63,6 +63,8 @@ enum Command {
     Deployment(admin::AdminTarget),
     /// Lame duck: stop accepting, move every client away over the window, exit (admin API).
     Drain(admin::AdminTarget),
+    /// Check the web dashboard answers and print its address (open it in a browser).
+    Dashboard(admin::AdminTarget),
     /// Re-read the config file: apply users, permissions and limits live (admin API; SIGHUP does the same).
     Reload(admin::AdminTarget),
     /// Write an ed25519 key pair: OUT (credentials, mode 0600) and OUT.pub (public key).
@@ -111,6 +113,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Optimize(t) => admin::optimize(t),
         Command::Deployment(t) => admin::deployment(t),
         Command::Drain(t) => admin::drain(t),
+        Command::Dashboard(t) => admin::dashboard(t),
         Command::Reload(t) => admin::reload(t),
         Command::Keygen(a) => keys::keygen(a),
         Command::HashToken(a) => keys::hash_token(a),
