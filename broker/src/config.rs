@@ -27,6 +27,7 @@
 //! routing = "load"                # queue groups: "load" (power of two choices) or "round-robin"
 //! metrics_sample_ms = 10000       # how often a metrics sample is stored
 //! metrics_retention_s = 2592000   # stored samples older than this are deleted (30 days)
+//! environment = "default"         # config environment of registrations/admin calls naming none
 //! [tls]                           # optional: every client connection and the admin API use TLS
 //! cert = "server.pem"             # certificate chain (PEM), leaf first
 //! key = "server.key"              # its private key (PEM: PKCS#8, PKCS#1 or SEC1)
@@ -203,6 +204,9 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Allow an open API (no tokens) on a non-loopback address.
     pub insecure: bool,
+    /// The config environment of registrations that name none, and of admin API and CLI calls
+    /// that name none (default `default`).
+    pub environment: String,
 }
 
 impl Default for AdminConfig {
@@ -218,6 +222,7 @@ impl Default for AdminConfig {
             metrics_retention_s: 30 * 24 * 3600,
             tokens: Vec::new(),
             insecure: false,
+            environment: "default".to_owned(),
         }
     }
 }
@@ -489,6 +494,11 @@ impl Config {
         if a.unhealthy_after == 0 || a.remove_after <= a.unhealthy_after {
             return bad("admin.unhealthy_after must be at least 1 and below admin.remove_after");
         }
+        if !agentwire_protocol::control::is_name_token(&a.environment) {
+            return bad(
+                "admin.environment must be a name (1..=128 bytes of letters, digits, '_' or '-')",
+            );
+        }
         if a.metrics_sample_ms < 100 {
             return bad("admin.metrics_sample_ms must be at least 100");
         }
@@ -579,5 +589,16 @@ mod tests {
         c.limits.max_payload = 0;
         let e = c.validate().expect_err("zero payload");
         assert!(e.to_string().contains("max_payload"));
+    }
+
+    #[test]
+    fn admin_environment_is_a_name() {
+        let c: Config = toml::from_str("[admin]\nenvironment = \"prod\"\n").expect("parses");
+        assert_eq!(c.admin.environment, "prod");
+        assert_eq!(Config::default().admin.environment, "default");
+        let mut c = Config::default();
+        c.admin.environment = "not a name".into();
+        let e = c.validate().expect_err("bad environment");
+        assert!(e.to_string().contains("admin.environment"), "{e}");
     }
 }

@@ -113,9 +113,7 @@ fn reg(component: &str, id: &str, depends_on: Option<&str>) -> Registration {
         version: "1.2.0".into(),
         capabilities: vec!["plan".into()],
         subjects: vec![format!("{component}.>")],
-        metadata: depends_on
-            .map(|d| vec![("depends_on".to_owned(), d.to_owned())])
-            .unwrap_or_default(),
+        depends_on: depends_on.map(|d| vec![d.to_owned()]).unwrap_or_default(),
         ..Registration::default()
     }
 }

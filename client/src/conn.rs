@@ -55,6 +55,8 @@ pub(crate) struct Settings {
     pub(crate) ping_interval: Duration,
     /// Keepalive PINGs in a row with nothing read back before the connection is stale.
     pub(crate) max_pings_out: u32,
+    /// Environment of registrations that name none (empty: the broker's default).
+    pub(crate) environment: String,
 }
 
 /// Which side calls [`Inner::teardown`] (so it does not abort itself).

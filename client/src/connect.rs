@@ -78,6 +78,7 @@ pub struct ConnectOptions {
     pending_limits: crate::pending::PendingLimits,
     ping_interval: Duration,
     max_pings_out: u32,
+    environment: String,
 }
 
 impl Default for ConnectOptions {
@@ -110,6 +111,7 @@ impl ConnectOptions {
             pending_limits: crate::pending::PendingLimits::default(),
             ping_interval: DEFAULT_PING_INTERVAL,
             max_pings_out: DEFAULT_MAX_PINGS_OUT,
+            environment: String::new(),
         }
     }
 
@@ -337,6 +339,14 @@ impl ConnectOptions {
         Err(last)
     }
 
+    /// The config environment of registrations on this client that name none
+    /// ([`crate::Registration::environment`] empty). Unset (or empty): the broker's default
+    /// environment (`admin.environment`, itself `default` unless configured).
+    pub fn environment(mut self, name: impl Into<String>) -> ConnectOptions {
+        self.environment = name.into();
+        self
+    }
+
     /// The client name the server shows in logs and monitoring.
     pub fn name(mut self, name: impl Into<String>) -> ConnectOptions {
         self.name = name.into();
@@ -401,6 +411,7 @@ impl ConnectOptions {
             pending_limits: self.pending_limits,
             ping_interval: self.ping_interval,
             max_pings_out: self.max_pings_out,
+            environment: self.environment.clone(),
         };
         let read_size = self.read_buffer_size;
         let reconnect = self

@@ -84,7 +84,8 @@ struct Pending {
     /// The number of the PING sent with the REGISTER: it identifies the attempt, and a refusal
     /// must arrive before its PONG.
     ping_seq: u64,
-    registration: Registration,
+    /// Boxed: keeps `RegState` small (a registration is a few hundred bytes).
+    registration: Box<Registration>,
 }
 
 /// The state behind every [`Membership`] clone, the heartbeat task and the reader.
@@ -571,7 +572,11 @@ impl Drop for PendingRegistration<'_> {
 }
 
 /// [`Client::register`].
-pub(crate) async fn register(client: &Client, reg: Registration) -> Result<Membership, Error> {
+pub(crate) async fn register(client: &Client, mut reg: Registration) -> Result<Membership, Error> {
+    if reg.environment.is_empty() {
+        reg.environment
+            .clone_from(&client.inner.settings.environment);
+    }
     reg.validate()
         .map_err(|e| invalid_control("registration", e))?;
     let inner = &*client.inner;
@@ -590,7 +595,7 @@ pub(crate) async fn register(client: &Client, reg: Registration) -> Result<Membe
         st.registration = RegState::Pending(Pending {
             tx,
             ping_seq,
-            registration: reg,
+            registration: Box::new(reg),
         });
         (rx, ping_seq)
     };
@@ -749,7 +754,7 @@ fn on_registered(inner: &Arc<Inner>, body: &[u8]) {
     match std::mem::take(&mut st.registration) {
         RegState::Pending(p) => match decoded {
             Ok(registered) => {
-                let shared = Arc::new(Shared::new(p.registration, registered));
+                let shared = Arc::new(Shared::new(*p.registration, registered));
                 let task = tokio::spawn(heartbeat_loop(inner.clone(), shared.clone()));
                 *lock(&shared.heartbeat_task) = Some(task.abort_handle());
                 st.registration = RegState::Active(shared.clone());

@@ -37,6 +37,7 @@ fn registration(instance_id: &str) -> Registration {
         subjects: vec!["planner.>".into()],
         metadata: vec![("zone".into(), "eu-1".into())],
         heartbeat_ms: 30_000,
+        depends_on: Vec::new(),
     }
 }
 

@@ -20,6 +20,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_LIST_LEN: usize = 256;
 /// Longest metadata value.
 pub const MAX_META_VALUE_LEN: usize = 4096;
+/// Longest `depends_on` entry (`component` or `component@REQ`).
+pub const MAX_DEPENDENCY_LEN: usize = 256;
 
 /// REGISTER (client → server): this connection is an instance of a component.
 #[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -40,6 +42,10 @@ pub struct Registration {
     pub metadata: Vec<(String, String)>,
     /// The heartbeat interval the client will keep, in milliseconds (0: the server's default).
     pub heartbeat_ms: u32,
+    /// Components this one needs: `component` or `component@REQ`, REQ a semver requirement
+    /// (`>=1.2, <2`, `^1.4`) the dependency's instance `version` must meet. At most
+    /// [`MAX_LIST_LEN`] entries of at most [`MAX_DEPENDENCY_LEN`] bytes ([`Dependency::parse`]).
+    pub depends_on: Vec<String>,
 }
 
 /// REGISTERED (server → client): the registration was accepted.
@@ -147,6 +153,8 @@ pub struct InstanceInfo {
     pub registered_at_ms: u64,
     /// Last heartbeat (or registration) time, ms since the Unix epoch.
     pub last_seen_ms: u64,
+    /// Declared dependencies, as registered ([`Registration::depends_on`]).
+    pub depends_on: Vec<String>,
 }
 
 /// LAMEDUCK (server → client): the server stopped accepting connections and will close this
@@ -256,7 +264,45 @@ impl Registration {
             check_name("metadata key", k)?;
             check_printable("metadata value", v, MAX_META_VALUE_LEN)?;
         }
+        check_len("depends_on", self.depends_on.len())?;
+        for d in &self.depends_on {
+            Dependency::parse(d).map_err(|reason| ControlError::Field {
+                field: "depends_on",
+                reason,
+            })?;
+        }
         Ok(())
+    }
+
+    /// A registration of `instance_id` of `component`, every other field empty (builder start).
+    pub fn new(component: impl Into<String>, instance_id: impl Into<String>) -> Registration {
+        Registration {
+            component: component.into(),
+            instance_id: instance_id.into(),
+            ..Registration::default()
+        }
+    }
+
+    /// Sets the instance's version (compared with the ranges other components declare).
+    pub fn version(mut self, version: impl Into<String>) -> Registration {
+        self.version = version.into();
+        self
+    }
+
+    /// Sets the config environment (empty: the client's or the broker's default).
+    pub fn environment(mut self, environment: impl Into<String>) -> Registration {
+        self.environment = environment.into();
+        self
+    }
+
+    /// Declares dependencies: `["memory@^1.2", "llm"]` ([`Dependency::parse`] for the form).
+    pub fn depends_on<I, S>(mut self, deps: I) -> Registration
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.depends_on = deps.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The environment, with the empty string read as `default`.
@@ -266,6 +312,74 @@ impl Registration {
         } else {
             &self.environment
         }
+    }
+}
+
+/// One parsed `depends_on` entry: a component name and an optional semver requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// The component depended on.
+    pub component: String,
+    /// The versions accepted (`None`: any version, including none or an unparsable one).
+    pub requirement: Option<semver::VersionReq>,
+}
+
+impl Dependency {
+    /// Parses `component` or `component@REQ`: the component is a name token, REQ a semver
+    /// requirement (`>=1.2, <2`, `^1.4`, `=2.0.1`, `1.*`); the whole entry printable ASCII of at
+    /// most [`MAX_DEPENDENCY_LEN`] bytes.
+    ///
+    /// # Errors
+    /// What is wrong, worded for the user.
+    pub fn parse(s: &str) -> Result<Dependency, String> {
+        if s.len() > MAX_DEPENDENCY_LEN {
+            return Err(format!(
+                "{} bytes, at most {MAX_DEPENDENCY_LEN} per entry",
+                s.len()
+            ));
+        }
+        if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err("only printable ASCII is allowed".to_owned());
+        }
+        let (name, req) = match s.split_once('@') {
+            Some((n, r)) => (n, Some(r)),
+            None => (s, None),
+        };
+        if !is_name_token(name) {
+            return Err(format!(
+                "{s:?}: {name:?} is not a component name (1..={MAX_NAME_LEN} bytes of letters, digits, '_' or '-')"
+            ));
+        }
+        let requirement = match req {
+            None => None,
+            Some(r) => Some(semver::VersionReq::parse(r.trim()).map_err(|e| {
+                format!("{s:?}: {r:?} is not a semver requirement (e.g. \">=1.2, <2\" or \"^1.4\"): {e}")
+            })?),
+        };
+        Ok(Dependency {
+            component: name.to_owned(),
+            requirement,
+        })
+    }
+
+    /// Whether `version` meets the requirement: any version when there is none; with one,
+    /// `version` must parse as semver (a leading `v` is allowed) and match.
+    pub fn accepts(&self, version: &str) -> bool {
+        match &self.requirement {
+            None => true,
+            Some(req) => {
+                let v = version.trim();
+                let v = v.strip_prefix('v').unwrap_or(v);
+                semver::Version::parse(v).is_ok_and(|v| req.matches(&v))
+            }
+        }
+    }
+
+    /// The requirement as text (`"*"` when there is none).
+    pub fn wanted(&self) -> String {
+        self.requirement
+            .as_ref()
+            .map_or_else(|| "*".to_owned(), ToString::to_string)
     }
 }
 
@@ -380,6 +494,7 @@ mod tests {
             subjects: vec!["planner.>".into()],
             metadata: vec![("zone".into(), "eu-1".into())],
             heartbeat_ms: 1000,
+            depends_on: vec!["memory@>=1.2, <2".into(), "llm".into()],
         }
     }
 
@@ -509,6 +624,62 @@ mod tests {
         assert_eq!(reg().environment_or_default(), "default");
         assert!(is_name_token("a-b_C9"));
         assert!(!is_name_token(&"x".repeat(MAX_NAME_LEN + 1)));
+    }
+
+    #[test]
+    fn dependency_entries_parse_and_match() {
+        let d = Dependency::parse("memory@^1.2").expect("valid");
+        assert_eq!(d.component, "memory");
+        assert_eq!(d.wanted(), "^1.2");
+        assert!(d.accepts("1.2.0") && d.accepts("1.9.3") && d.accepts("v1.4.0"));
+        assert!(!d.accepts("2.0.0") && !d.accepts("1.1.9"));
+        assert!(
+            !d.accepts("") && !d.accepts("latest"),
+            "unparsable: not accepted"
+        );
+        let d = Dependency::parse("memory@>=1.2, <2").expect("valid");
+        assert!(d.accepts("1.2.0") && !d.accepts("2.0.0"));
+        let any = Dependency::parse("llm").expect("valid");
+        assert_eq!(any.requirement, None);
+        assert_eq!(any.wanted(), "*");
+        assert!(any.accepts("") && any.accepts("whatever"));
+        for bad in [
+            "",
+            "@^1",
+            "bad name",
+            "memory@",
+            "memory@not a range",
+            "memory@^1.2@3",
+            "mem\u{e9}",
+        ] {
+            assert!(Dependency::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let long = format!("m@{}", "1".repeat(MAX_DEPENDENCY_LEN));
+        assert!(Dependency::parse(&long).is_err());
+    }
+
+    #[test]
+    fn depends_on_rules_and_builder() {
+        let r = Registration::new("planner", "p0")
+            .version("1.0.0")
+            .environment("prod")
+            .depends_on(["memory@^1.2", "llm"]);
+        assert_eq!(r.depends_on, vec!["memory@^1.2", "llm"]);
+        assert_eq!(r.environment_or_default(), "prod");
+        r.validate().expect("valid");
+        let r = Registration::new("planner", "p0").depends_on(["memory@^x"]);
+        assert!(matches!(
+            r.validate(),
+            Err(ControlError::Field {
+                field: "depends_on",
+                ..
+            })
+        ));
+        let r = Registration::new("planner", "p0")
+            .depends_on((0..=MAX_LIST_LEN).map(|i| format!("c{i}")));
+        assert!(r.validate().is_err());
+        let back: Registration = decode_control(&reg().to_body().expect("encode")).expect("valid");
+        assert_eq!(back.depends_on, reg().depends_on);
     }
 
     #[test]

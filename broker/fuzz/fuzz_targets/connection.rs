@@ -256,6 +256,12 @@ fn control_frame(u: &mut Unstructured<'_>, out: &mut BytesMut) -> AResult<()> {
                     Vec::new()
                 },
                 heartbeat_ms: u.int_in_range(0..=2000)?,
+                depends_on: match u.int_in_range(0..=3u8)? {
+                    0 => vec![name(u)?],
+                    1 => vec![format!("{}@^1.2", name(u)?)],
+                    2 => vec![format!("{}@not a range", name(u)?)],
+                    _ => Vec::new(),
+                },
             },
         ),
         op::HEARTBEAT => control::encode_control(

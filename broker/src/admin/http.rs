@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::registry::instance_json;
 use super::store::{Changes, StoreError};
 use super::DataPlane;
-use super::{metrics, now_ms, rollback_config, set_config};
+use super::{metrics, now_ms, promote_config, rollback_config, set_config, topology};
 
 type AppState = Arc<dyn DataPlane>;
 
@@ -66,6 +66,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
+            StoreError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
             StoreError::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             StoreError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             StoreError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
@@ -102,6 +103,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .route("/api/v1/system/reload", post(reload))
         .route("/api/v1/deployment/status", get(deployment))
         .route("/api/v1/components", get(components))
+        .route("/api/v1/components/graph", get(components_graph))
         .route("/api/v1/components/{name}", get(component))
         .route("/api/v1/config/components", get(config_components))
         .route(
@@ -117,6 +119,10 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
             post(config_rollback),
         )
         .merge(super::dashboard::router())
+        .route(
+            "/api/v1/config/components/{name}/promote",
+            post(config_promote),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -247,48 +253,17 @@ async fn openapi() -> Response {
 
 async fn status(State(g): State<AppState>) -> Json<Value> {
     let instances = g.admin().registry.list("", "", true);
+    let statuses = topology::evaluate(&instances);
     let unhealthy = instances.iter().filter(|i| !i.healthy).count();
-    let overall = if unhealthy == 0 {
+    let overall = if unhealthy == 0
+        && statuses
+            .iter()
+            .all(|c| c.status == topology::Status::Healthy)
+    {
         "healthy"
     } else {
         "degraded"
     };
-    let mut comps: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for i in &instances {
-        comps
-            .entry(i.component.clone())
-            .or_default()
-            .push(instance_json(i));
-    }
-    let components: Vec<Value> = comps
-        .into_iter()
-        .map(|(name, list)| {
-            let healthy = list.iter().filter(|v| v["healthy"] == true).count();
-            let score = list
-                .iter()
-                .filter_map(|v| v["health_score"].as_u64())
-                .sum::<u64>()
-                / list.len().max(1) as u64;
-            let last = list
-                .iter()
-                .filter_map(|v| v["last_seen_ms"].as_u64())
-                .max()
-                .unwrap_or(0);
-            let versions: std::collections::BTreeSet<String> = list
-                .iter()
-                .filter_map(|v| v["version"].as_str().map(str::to_owned))
-                .collect();
-            json!({
-                "name": name,
-                "status": if healthy == list.len() { "healthy" } else if healthy > 0 { "degraded" } else { "unhealthy" },
-                "instances": list.len(),
-                "healthy_instances": healthy,
-                "versions": versions,
-                "health_score": score,
-                "last_updated_ms": last,
-            })
-        })
-        .collect();
     let snap = g.stats();
     Json(json!({
         "status": overall,
@@ -296,7 +271,8 @@ async fn status(State(g): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": g.admin().started.elapsed().as_secs(),
         "connections": snap.connections,
-        "components": components,
+        "environment": g.admin().registry.default_environment(),
+        "components": statuses,
         "last_updated_ms": now_ms(),
     }))
 }
@@ -392,7 +368,18 @@ async fn components(State(g): State<AppState>, Query(q): Query<ListQuery>) -> Js
         q.capability.as_deref().unwrap_or(""),
         q.include_unhealthy.unwrap_or(true),
     );
-    Json(json!({"instances": list.iter().map(instance_json).collect::<Vec<_>>()}))
+    // Component statuses are derived from every live instance (a capability filter narrows the
+    // instances listed, not the dependency checks).
+    let all = g.admin().registry.list("", "", true);
+    Json(json!({
+        "instances": list.iter().map(instance_json).collect::<Vec<_>>(),
+        "components": topology::evaluate(&all),
+    }))
+}
+
+async fn components_graph(State(g): State<AppState>) -> Json<Value> {
+    let all = g.admin().registry.list("", "", true);
+    Json(json!(topology::graph(&all)))
 }
 
 async fn component(
@@ -420,8 +407,16 @@ async fn component(
         .find(|(c, _)| *c == name)
         .map(|(_, p)| p)
         .unwrap_or_default();
+    let all = g.admin().registry.list("", "", true);
+    let st = topology::evaluate(&all)
+        .into_iter()
+        .find(|c| c.name == name);
     Ok(Json(json!({
         "name": name,
+        "status": st.as_ref().map_or("unhealthy", |c| c.status.as_str()),
+        "depends_on": st.as_ref().map(|c| c.depends_on.clone()).unwrap_or_default(),
+        "dependency_problems": st.as_ref().map(|c| c.dependency_problems.clone()).unwrap_or_default(),
+        "incompatible": st.as_ref().is_some_and(|c| c.incompatible),
         "instances": list.iter().map(instance_json).collect::<Vec<_>>(),
         "request_round_trip_us": rtt,
     })))
@@ -438,9 +433,10 @@ struct EnvQuery {
     limit: Option<usize>,
 }
 
-fn env_or_default(e: Option<String>) -> String {
+/// The environment named by the call, or the broker's default (`admin.environment`).
+fn env_or_default(g: &AppState, e: Option<String>) -> String {
     e.filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned())
+        .unwrap_or_else(|| g.admin().registry.default_environment().to_owned())
 }
 
 async fn config_get(
@@ -448,9 +444,34 @@ async fn config_get(
     Path(name): Path<String>,
     Query(q): Query<EnvQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let env = env_or_default(q.environment);
-    let snap = blocking(move || g.admin().store.current(&name, &env)).await?;
-    Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
+    // Without `environment`: the default environment's config, plus every environment's
+    // current values under `environments`.
+    let all = q.environment.as_deref().is_none_or(str::is_empty);
+    let env = env_or_default(&g, q.environment);
+    let (snap, others) = blocking(move || {
+        let store = &g.admin().store;
+        let snap = store.current(&name, &env)?;
+        let mut others = BTreeMap::new();
+        if all {
+            let summary = store.components()?;
+            let envs = summary
+                .into_iter()
+                .find(|c| c.component == name)
+                .map(|c| c.environments)
+                .unwrap_or_default();
+            for (e, _) in envs {
+                let s = store.current(&name, &e)?;
+                others.insert(e, s);
+            }
+        }
+        Ok((snap, all.then_some(others)))
+    })
+    .await?;
+    let mut v = serde_json::to_value(snap).unwrap_or_default();
+    if let (Some(others), Some(o)) = (others, v.as_object_mut()) {
+        o.insert("environments".into(), json!(others));
+    }
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,7 +508,7 @@ async fn config_put(
     body: Result<Json<PutBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b = json_body(body)?;
-    let env = env_or_default(b.environment);
+    let env = env_or_default(&g, b.environment);
     let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
     let changes: Changes = b.values;
     let create = b.create;
@@ -502,7 +523,7 @@ async fn config_history(
     Path(name): Path<String>,
     Query(q): Query<EnvQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let env = env_or_default(q.environment);
+    let env = env_or_default(&g, q.environment);
     let limit = q.limit.unwrap_or(100).min(10_000);
     let (n2, e2) = (name.clone(), env.clone());
     let versions = blocking(move || g.admin().store.history(&n2, &e2, limit)).await?;
@@ -528,10 +549,46 @@ async fn config_rollback(
     body: Result<Json<RollbackBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let b = json_body(body)?;
-    let env = env_or_default(b.environment);
+    let env = env_or_default(&g, b.environment);
     let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
     let snap =
         blocking(move || rollback_config(&*g, &name, &env, b.version, b.expected_version, &by))
             .await?;
     Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    from: String,
+    to: String,
+    expected_version: Option<u64>,
+    updated_by: Option<String>,
+}
+
+async fn config_promote(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
+    body: Result<Json<PromoteBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let b = json_body(body)?;
+    let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
+    let (from, to) = (b.from, b.to);
+    let f2 = from.clone();
+    let (snap, from_version) =
+        blocking(move || promote_config(&*g, &name, &f2, &to, b.expected_version, &by)).await?;
+    let mut v = serde_json::to_value(snap).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "promoted_from".into(),
+            json!({"environment": from, "version": from_version}),
+        );
+        o.insert(
+            "note".into(),
+            json!(format!("promoted from {from} v{from_version}")),
+        );
+    }
+    Ok(Json(v))
 }

@@ -88,6 +88,21 @@ fn record_all(global: &dyn DataPlane) {
             .absolute(t.requests);
         counter!("agentwire_component_errors_total", "component" => c).absolute(t.errors);
     }
+    // 1 when the component is not healthy: an instance unhealthy, or a dependency missing or
+    // unhealthy (`super::topology`); incompatible dependency versions have their own gauge.
+    for c in super::topology::evaluate(&admin.registry.list("", "", true)) {
+        let degraded = c.status != super::topology::Status::Healthy;
+        gauge!("agentwire_component_degraded", "component" => c.name.clone()).set(if degraded {
+            1.0
+        } else {
+            0.0
+        });
+        gauge!("agentwire_component_incompatible", "component" => c.name).set(if c.incompatible {
+            1.0
+        } else {
+            0.0
+        });
+    }
     for (c, e, v) in admin.config_versions() {
         gauge!("agentwire_config_version", "component" => c, "environment" => e).set(v as f64);
     }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod optimize;
 pub mod registry;
 pub mod store;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,11 +112,14 @@ impl Admin {
             known: parking_lot::Mutex::new(known),
             jobs_tx,
             jobs_rx: parking_lot::Mutex::new(Some(jobs_rx)),
-            registry: Registry::new(HealthPolicy {
-                interval: Duration::from_millis(u64::from(a.heartbeat_ms)),
-                unhealthy_after: a.unhealthy_after,
-                remove_after: a.remove_after,
-            }),
+            registry: Registry::with_environment(
+                HealthPolicy {
+                    interval: Duration::from_millis(u64::from(a.heartbeat_ms)),
+                    unhealthy_after: a.unhealthy_after,
+                    remove_after: a.remove_after,
+                },
+                &a.environment,
+            ),
             store,
             configs: RwLock::new(configs),
             hist: hist::Histograms::default(),
@@ -362,6 +366,28 @@ pub fn rollback_config(
             .rollback(component, environment, to_version, expected_version, by)?;
     apply_and_push(global, &snap);
     Ok(snap)
+}
+
+/// Copies the current values of `from` into `to` as a new version there (recorded as promoted
+/// from `from` at its version) and pushes it live to `to`'s instances.
+///
+/// # Errors
+/// As [`ConfigStore::promote`].
+pub fn promote_config(
+    global: &dyn DataPlane,
+    component: &str,
+    from: &str,
+    to: &str,
+    expected_version: Option<u64>,
+    by: &str,
+) -> Result<(ConfigSnapshot, u64), StoreError> {
+    let (snap, from_version) =
+        global
+            .admin()
+            .store
+            .promote(component, from, to, expected_version, by)?;
+    apply_and_push(global, &snap);
+    Ok((snap, from_version))
 }
 
 /// The admin thread.

@@ -125,6 +125,7 @@ pub fn instance_json(i: &InstanceInfo) -> serde_json::Value {
         },
         "registered_at_ms": i.registered_at_ms,
         "last_seen_ms": i.last_seen_ms,
+        "depends_on": i.depends_on,
     })
 }
 
@@ -197,6 +198,8 @@ pub struct HealthPolicy {
 pub struct Registry {
     inner: Mutex<Inner>,
     policy: HealthPolicy,
+    /// The environment of registrations that name none (`admin.environment`).
+    default_environment: String,
 }
 
 /// Health score 0..=100: 100 when on time and unloaded; 25 points off per missed interval,
@@ -226,10 +229,30 @@ pub fn health_score(
 impl Registry {
     /// An empty registry with this heartbeat contract.
     pub fn new(policy: HealthPolicy) -> Registry {
+        Registry::with_environment(policy, "default")
+    }
+
+    /// An empty registry whose registrations without an environment get `environment`.
+    pub fn with_environment(policy: HealthPolicy, environment: &str) -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             policy,
+            default_environment: environment.to_owned(),
         }
+    }
+
+    /// The environment of a registration: its own, or the broker's default when empty.
+    pub fn environment_of<'a>(&'a self, reg: &'a Registration) -> &'a str {
+        if reg.environment.is_empty() {
+            &self.default_environment
+        } else {
+            &reg.environment
+        }
+    }
+
+    /// The broker's default environment.
+    pub fn default_environment(&self) -> &str {
+        &self.default_environment
     }
 
     /// The heartbeat contract.
@@ -275,7 +298,7 @@ impl Registry {
             component: reg.component.clone(),
             instance_id: reg.instance_id.clone(),
             version: reg.version.clone(),
-            environment: reg.environment_or_default().to_owned(),
+            environment: self.environment_of(reg).to_owned(),
             capabilities: reg.capabilities.clone(),
             subjects: reg.subjects.clone(),
             metadata: reg.metadata.clone(),
@@ -284,6 +307,7 @@ impl Registry {
             load: Heartbeat::default(),
             registered_at_ms: now,
             last_seen_ms: now,
+            depends_on: reg.depends_on.clone(),
         };
         load.set_healthy(true);
         g.by_conn.insert(at.conn, key.clone());
@@ -507,6 +531,26 @@ mod tests {
         assert_eq!(ev.subject(), "$SYS.components.planner.left");
         assert!(r.deregister(1, "again").is_none());
         assert_eq!(r.counts(), (2, 0));
+    }
+
+    #[test]
+    fn default_environment_and_depends_on() {
+        let r = Registry::with_environment(policy(), "staging");
+        let mut with_deps = reg("planner", "p0");
+        with_deps.depends_on = vec!["memory@^1.2".into()];
+        let (info, ()) = r
+            .register(at(1), &with_deps, Arc::default(), || ())
+            .expect("registers");
+        assert_eq!(info.environment, "staging");
+        assert_eq!(info.depends_on, vec!["memory@^1.2"]);
+        assert_eq!(instance_json(&info)["depends_on"][0], "memory@^1.2");
+        let mut prod = reg("planner", "p1");
+        prod.environment = "prod".into();
+        let (info, ()) = r
+            .register(at(2), &prod, Arc::default(), || ())
+            .expect("registers");
+        assert_eq!(info.environment, "prod");
+        assert_eq!(r.default_environment(), "staging");
     }
 
     #[test]

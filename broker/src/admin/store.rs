@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS performance_metrics (
 );
 CREATE INDEX IF NOT EXISTS performance_metrics_by_time
     ON performance_metrics (timestamp);
+CREATE TABLE IF NOT EXISTS config_promotions (
+    component_name   TEXT NOT NULL,
+    environment      TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    from_environment TEXT NOT NULL,
+    from_version     INTEGER NOT NULL,
+    PRIMARY KEY (component_name, environment, version)
+);
 CREATE INDEX IF NOT EXISTS performance_metrics_by_name_time
     ON performance_metrics (metric_name, timestamp);
 ";
@@ -135,6 +143,14 @@ pub enum StoreError {
         /// Version asked for.
         version: u64,
     },
+    /// The environment has no config version of the component (a promotion's source).
+    #[error("{component:?} has no config in environment {environment:?}")]
+    UnknownEnvironment {
+        /// Component asked for.
+        component: String,
+        /// Environment asked for.
+        environment: String,
+    },
     /// SQLite reported `SQLITE_FULL`: the disk (or the database's page limit) is full.
     #[error("the data disk is full: {0}")]
     Full(String),
@@ -178,6 +194,36 @@ pub struct VersionInfo {
     pub rollback_of: Option<u64>,
     /// Every key and its value at this version.
     pub values: BTreeMap<String, String>,
+    /// For a promotion (`action` `"promote"`), the environment and version copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<PromotedFrom>,
+    /// A human note, e.g. `"promoted from test v3"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Where a promoted version's values came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PromotedFrom {
+    /// The source environment.
+    pub environment: String,
+    /// Its version that was copied.
+    pub version: u64,
+}
+
+impl VersionInfo {
+    /// Marks this version as a promotion from `environment` at `version`.
+    fn promoted(mut self, from: Option<(String, u64)>) -> VersionInfo {
+        if let Some((environment, version)) = from {
+            self.action = "promote".to_owned();
+            self.note = Some(format!("promoted from {environment} v{version}"));
+            self.promoted_from = Some(PromotedFrom {
+                environment,
+                version,
+            });
+        }
+        self
+    }
 }
 
 /// A known component and the environments it has configuration in.
@@ -455,6 +501,23 @@ fn values_at(
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
     })?;
     rows.collect()
+}
+
+/// The (source environment, version) a version was promoted from, if it was.
+fn promotion_at(
+    conn: &Connection,
+    component: &str,
+    env: &str,
+    version: u64,
+) -> rusqlite::Result<Option<(String, u64)>> {
+    conn.prepare_cached(
+        "SELECT from_environment, from_version FROM config_promotions
+         WHERE component_name = ?1 AND environment = ?2 AND version = ?3",
+    )?
+    .query_row(params![component, env, version], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+    })
+    .optional()
 }
 
 fn current_snapshot(
@@ -887,17 +950,24 @@ impl ConfigStore {
                     by_version.entry(v).or_default().insert(k, val);
                 }
             }
-            Ok(headers
-                .into_iter()
-                .map(|h| VersionInfo {
-                    values: by_version.remove(&h.version).unwrap_or_default(),
-                    version: h.version,
-                    updated_at_ms: h.updated_at_ms,
-                    updated_by: h.updated_by,
-                    action: h.action,
-                    rollback_of: h.rollback_of,
-                })
-                .collect())
+            let mut out = Vec::with_capacity(headers.len());
+            for h in headers {
+                let from = promotion_at(tx, component, environment, h.version)?;
+                out.push(
+                    VersionInfo {
+                        values: by_version.remove(&h.version).unwrap_or_default(),
+                        version: h.version,
+                        updated_at_ms: h.updated_at_ms,
+                        updated_by: h.updated_by,
+                        action: h.action,
+                        rollback_of: h.rollback_of,
+                        promoted_from: None,
+                        note: None,
+                    }
+                    .promoted(from),
+                );
+            }
+            Ok(out)
         })
     }
 
@@ -921,6 +991,7 @@ impl ConfigStore {
                 .into());
             };
             let values = values_at(tx, component, environment, version)?;
+            let from = promotion_at(tx, component, environment, version)?;
             Ok(VersionInfo {
                 version: h.version,
                 updated_at_ms: h.updated_at_ms,
@@ -928,7 +999,10 @@ impl ConfigStore {
                 action: h.action,
                 rollback_of: h.rollback_of,
                 values,
-            })
+                promoted_from: None,
+                note: None,
+            }
+            .promoted(from))
         })
     }
 
@@ -980,6 +1054,71 @@ impl ConfigStore {
             };
             insert_version(tx, &next, "rollback", Some(to_version))?;
             Ok(next)
+        })
+    }
+
+    /// Copies the current values of environment `from` into `to` as one new version of `to`
+    /// (history action `"promote"`, noted "promoted from FROM vN"). Returns the new snapshot
+    /// and the source version. `expected_version` applies to `to`. Unknown component →
+    /// [`StoreError::UnknownComponent`]; `from` without any version →
+    /// [`StoreError::UnknownEnvironment`]; `from == to` or values already equal →
+    /// [`StoreError::Invalid`].
+    pub fn promote(
+        &self,
+        component: &str,
+        from: &str,
+        to: &str,
+        expected_version: Option<u64>,
+        by: &str,
+    ) -> Result<(ConfigSnapshot, u64), StoreError> {
+        check_name("component", component)?;
+        check_name("from", from)?;
+        check_name("to", to)?;
+        check_by(by)?;
+        if from == to {
+            return Err(invalid(
+                "to",
+                format!("cannot promote {from:?} into itself"),
+            ));
+        }
+        self.write("promote", |tx| {
+            require_component(tx, component)?;
+            let source = current_snapshot(tx, component, from)?;
+            if source.version == 0 {
+                return Err(StoreError::UnknownEnvironment {
+                    component: component.to_owned(),
+                    environment: from.to_owned(),
+                }
+                .into());
+            }
+            let current = current_snapshot(tx, component, to)?;
+            check_expected(expected_version, current.version)?;
+            if source.values == current.values && current.version > 0 {
+                return Err(invalid(
+                    "to",
+                    format!(
+                        "no change ({to} version {} already has the values of {from} version {})",
+                        current.version, source.version
+                    ),
+                )
+                .into());
+            }
+            let next = ConfigSnapshot {
+                component: component.to_owned(),
+                environment: to.to_owned(),
+                version: current.version + 1,
+                values: source.values,
+                updated_at_ms: now_ms(),
+                updated_by: by.to_owned(),
+            };
+            insert_version(tx, &next, "set", None)?;
+            tx.prepare_cached(
+                "INSERT INTO config_promotions
+                 (component_name, environment, version, from_environment, from_version)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![component, to, next.version, from, source.version])?;
+            Ok((next, source.version))
         })
     }
 
@@ -1193,6 +1332,93 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn promote_copies_values_as_a_new_version_and_records_it() {
+        let s = store_with("planner");
+        s.set(
+            "planner",
+            "test",
+            &changes(&[("a", Some("1")), ("b", Some("2"))]),
+            None,
+            "dev",
+        )
+        .unwrap();
+        s.set(
+            "planner",
+            "test",
+            &changes(&[("b", Some("3"))]),
+            None,
+            "dev",
+        )
+        .unwrap();
+        s.set(
+            "planner",
+            "prod",
+            &changes(&[("a", Some("0")), ("old", Some("x"))]),
+            None,
+            "ops",
+        )
+        .unwrap();
+        let (snap, from_v) = s
+            .promote("planner", "test", "prod", Some(1), "alice")
+            .unwrap();
+        assert_eq!(from_v, 2);
+        assert_eq!(snap.version, 2);
+        assert_eq!(snap.environment, "prod");
+        assert_eq!(snap.values, map(&[("a", "1"), ("b", "3")]));
+        assert_eq!(s.current("planner", "prod").unwrap(), snap);
+        let h = s.history("planner", "prod", 10).unwrap();
+        assert_eq!(h[0].action, "promote");
+        assert_eq!(h[0].updated_by, "alice");
+        assert_eq!(h[0].note.as_deref(), Some("promoted from test v2"));
+        assert_eq!(
+            h[0].promoted_from,
+            Some(PromotedFrom {
+                environment: "test".into(),
+                version: 2
+            })
+        );
+        assert_eq!(h[1].action, "set");
+        assert_eq!(h[1].note, None);
+        assert_eq!(s.version("planner", "prod", 2).unwrap().action, "promote");
+        // Into an environment that never had a version.
+        let (snap, _) = s
+            .promote("planner", "test", "staging", Some(0), "alice")
+            .unwrap();
+        assert_eq!(snap.version, 1);
+        // Errors: stale expected version, nothing to copy, unknown component, no-op, itself.
+        assert!(matches!(
+            s.promote("planner", "test", "prod", Some(1), "x"),
+            Err(StoreError::VersionConflict {
+                expected: 1,
+                current: 2
+            })
+        ));
+        assert!(matches!(
+            s.promote("planner", "dev", "prod", None, "x"),
+            Err(StoreError::UnknownEnvironment { .. })
+        ));
+        assert!(matches!(
+            s.promote("nope", "test", "prod", None, "x"),
+            Err(StoreError::UnknownComponent(_))
+        ));
+        assert!(matches!(
+            s.promote("planner", "test", "prod", None, "x"),
+            Err(StoreError::Invalid { .. })
+        ));
+        assert!(matches!(
+            s.promote("planner", "test", "test", None, "x"),
+            Err(StoreError::Invalid { .. })
+        ));
+        // A rollback of the promoted environment is an ordinary rollback.
+        let r = s.rollback("planner", "prod", 1, None, "ops").unwrap();
+        assert_eq!(r.values, map(&[("a", "0"), ("old", "x")]));
+        assert_eq!(
+            s.history("planner", "prod", 1).unwrap()[0].action,
+            "rollback"
+        );
     }
 
     fn store_with(component: &str) -> ConfigStore {

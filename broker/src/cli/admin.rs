@@ -1,5 +1,5 @@
-//! The admin commands of `agentwire`: `status`, `components`, `config get|set|history|rollback`,
-//! `top`, `optimize`, `deployment`. Each is a call to the broker's HTTP admin API (`--admin
+//! The admin commands of `agentwire`: `status`, `components [NAME|--graph]`, `config
+//! get|set|history|rollback|promote`, `top`, `optimize`, `deployment`. Each is a call to the broker's HTTP admin API (`--admin
 //! ADDR`, default 127.0.0.1:8480, or `AGENTWIRE_ADMIN`), printed for a person or, with
 //! `--json`, as the API's JSON.
 
@@ -82,6 +82,9 @@ pub(crate) fn tls_client_config(
 pub(crate) struct ComponentsArgs {
     /// Show one component (its instances and round-trip latency).
     name: Option<String>,
+    /// Print the dependency graph (`depends_on` edges and whether each is met).
+    #[arg(long, conflicts_with = "name")]
+    graph: bool,
     #[command(flatten)]
     t: AdminTarget,
 }
@@ -99,9 +102,13 @@ enum ConfigCmd {
     Get {
         /// Component name.
         component: String,
-        /// Environment.
-        #[arg(long = "env", default_value = "default")]
-        environment: String,
+        /// Environment (default: the broker's, `admin.environment`).
+        #[arg(
+            long = "env",
+            visible_alias = "environment",
+            env = "AGENTWIRE_ENVIRONMENT"
+        )]
+        environment: Option<String>,
         #[command(flatten)]
         t: AdminTarget,
     },
@@ -114,9 +121,13 @@ enum ConfigCmd {
         /// Keys to delete.
         #[arg(long)]
         unset: Vec<String>,
-        /// Environment.
-        #[arg(long = "env", default_value = "default")]
-        environment: String,
+        /// Environment (default: the broker's, `admin.environment`).
+        #[arg(
+            long = "env",
+            visible_alias = "environment",
+            env = "AGENTWIRE_ENVIRONMENT"
+        )]
+        environment: Option<String>,
         /// Refuse (exit 1) unless the current version is this one.
         #[arg(long)]
         expected_version: Option<u64>,
@@ -133,12 +144,36 @@ enum ConfigCmd {
     History {
         /// Component name.
         component: String,
-        /// Environment.
-        #[arg(long = "env", default_value = "default")]
-        environment: String,
+        /// Environment (default: the broker's, `admin.environment`).
+        #[arg(
+            long = "env",
+            visible_alias = "environment",
+            env = "AGENTWIRE_ENVIRONMENT"
+        )]
+        environment: Option<String>,
         /// Most versions to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(flatten)]
+        t: AdminTarget,
+    },
+    /// Copy one environment's current values into another as a new version there, pushed
+    /// live to that environment's instances (history: "promoted from FROM vN").
+    Promote {
+        /// Component name.
+        component: String,
+        /// Source environment.
+        #[arg(long)]
+        from: String,
+        /// Target environment.
+        #[arg(long)]
+        to: String,
+        /// Refuse (exit 1) unless the target's current version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+        /// Who makes the change.
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
         #[command(flatten)]
         t: AdminTarget,
     },
@@ -148,9 +183,13 @@ enum ConfigCmd {
         component: String,
         /// The version to return to.
         version: u64,
-        /// Environment.
-        #[arg(long = "env", default_value = "default")]
-        environment: String,
+        /// Environment (default: the broker's, `admin.environment`).
+        #[arg(
+            long = "env",
+            visible_alias = "environment",
+            env = "AGENTWIRE_ENVIRONMENT"
+        )]
+        environment: Option<String>,
         /// Refuse (exit 1) unless the current version is this one.
         #[arg(long)]
         expected_version: Option<u64>,
@@ -262,9 +301,37 @@ pub(crate) fn status(t: AdminTarget) -> ExitCode {
                         .join(","))
                     .unwrap_or_default()
             );
+            print_dependency_problems(&c);
         }
         Ok(())
     })())
+}
+
+/// One line per unmet dependency of a component (`status` and `components` output).
+fn print_dependency_problems(c: &Value) {
+    for p in c["dependency_problems"].as_array().into_iter().flatten() {
+        let found = p["found_versions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "  ! depends on {} {} [{}]: {}{}",
+            p["dependency"].as_str().unwrap_or("?"),
+            p["wanted"].as_str().unwrap_or("*"),
+            p["environment"].as_str().unwrap_or("?"),
+            p["problem"].as_str().unwrap_or("?"),
+            if found.is_empty() {
+                String::new()
+            } else {
+                format!(" (found {found})")
+            }
+        );
+    }
 }
 
 fn print_instances(list: &[Value]) {
@@ -295,6 +362,7 @@ pub(crate) fn components(a: ComponentsArgs) -> ExitCode {
     finish((|| {
         let path = match &a.name {
             Some(n) => format!("/api/v1/components/{}", enc(n)),
+            None if a.graph => "/api/v1/components/graph".to_owned(),
             None => "/api/v1/components".to_owned(),
         };
         let v = call("GET", &a.t, &path, None)?;
@@ -302,7 +370,53 @@ pub(crate) fn components(a: ComponentsArgs) -> ExitCode {
             print_json(&v);
             return Ok(());
         }
+        if a.graph {
+            print_graph(&v);
+            return Ok(());
+        }
         print_instances(&v["instances"].as_array().cloned().unwrap_or_default());
+        if a.name.is_some() {
+            let deps = v["depends_on"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            println!(
+                "status {}{}{}",
+                v["status"].as_str().unwrap_or("?"),
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!("  depends on: {deps}")
+                },
+                if v["incompatible"] == true {
+                    "  (incompatible versions)"
+                } else {
+                    ""
+                }
+            );
+            print_dependency_problems(&v);
+        } else {
+            for c in v["components"].as_array().into_iter().flatten() {
+                if c["status"] != "healthy" || c["incompatible"] == true {
+                    println!(
+                        "{}: {}{}",
+                        c["name"].as_str().unwrap_or("?"),
+                        c["status"].as_str().unwrap_or("?"),
+                        if c["incompatible"] == true {
+                            " (incompatible versions)"
+                        } else {
+                            ""
+                        }
+                    );
+                    print_dependency_problems(c);
+                }
+            }
+        }
         if let Some(r) = v.get("request_round_trip_us") {
             if r["count"].as_u64().unwrap_or(0) > 0 {
                 println!(
@@ -313,6 +427,39 @@ pub(crate) fn components(a: ComponentsArgs) -> ExitCode {
         }
         Ok(())
     })())
+}
+
+/// The dependency graph as text: nodes with status and versions, then edges.
+fn print_graph(v: &Value) {
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<10} {}",
+            n["component"].as_str().unwrap_or("?"),
+            n["status"].as_str().unwrap_or("?"),
+            n["versions"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
+        );
+    }
+    for e in v["edges"].as_array().into_iter().flatten() {
+        println!(
+            "{} -> {} {} {}",
+            e["from"].as_str().unwrap_or("?"),
+            e["to"].as_str().unwrap_or("?"),
+            e["requirement"].as_str().unwrap_or("*"),
+            if e["ok"] == true { "ok" } else { "UNMET" }
+        );
+    }
+}
+
+/// `?environment=E` when an environment is named, else nothing (the broker's default).
+fn env_query(environment: Option<&str>, sep: char) -> String {
+    environment.map_or_else(String::new, |e| format!("{sep}environment={}", enc(e)))
 }
 
 /// Percent-encodes a path segment (names are `[A-Za-z0-9_-]`; anything else is escaped so a
@@ -370,14 +517,19 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 "GET",
                 &t,
                 &format!(
-                    "/api/v1/config/components/{}?environment={}",
+                    "/api/v1/config/components/{}{}",
                     enc(&component),
-                    enc(&environment)
+                    env_query(environment.as_deref(), '?')
                 ),
                 None,
             )?;
             if t.json {
                 print_json(&v);
+            } else if let Some(all) = v["environments"].as_object().filter(|m| !m.is_empty()) {
+                // No --env: every environment's current values.
+                for e in all.values() {
+                    print_config(e);
+                }
             } else {
                 print_config(&v);
             }
@@ -408,7 +560,10 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 eprintln!("agentwire config set: give at least one KEY=VALUE or --unset KEY");
                 return ExitCode::from(EXIT_USAGE);
             }
-            let mut body = json!({"values": values, "environment": environment, "create": create, "updated_by": by});
+            let mut body = json!({"values": values, "create": create, "updated_by": by});
+            if let Some(e) = environment {
+                body["environment"] = Value::from(e);
+            }
             if let Some(e) = expected_version {
                 body["expected_version"] = Value::from(e);
             }
@@ -429,9 +584,9 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 "GET",
                 &t,
                 &format!(
-                    "/api/v1/config/components/{}/history?environment={}&limit={limit}",
+                    "/api/v1/config/components/{}/history?limit={limit}{}",
                     enc(&component),
-                    enc(&environment)
+                    env_query(environment.as_deref(), '&')
                 ),
                 None,
             )?;
@@ -440,9 +595,10 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 return Ok(());
             }
             for ver in v["versions"].as_array().cloned().unwrap_or_default() {
-                let what = match ver["rollback_of"].as_u64() {
-                    Some(r) => format!("rollback to {r}"),
-                    None => ver["action"].as_str().unwrap_or("set").to_owned(),
+                let what = match (ver["rollback_of"].as_u64(), ver["note"].as_str()) {
+                    (Some(r), _) => format!("rollback to {r}"),
+                    (None, Some(note)) => note.to_owned(),
+                    (None, None) => ver["action"].as_str().unwrap_or("set").to_owned(),
                 };
                 let vals = ver["values"]
                     .as_object()
@@ -472,8 +628,10 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
             by,
             t,
         } => {
-            let mut body =
-                json!({"version": version, "environment": environment, "updated_by": by});
+            let mut body = json!({"version": version, "updated_by": by});
+            if let Some(e) = environment {
+                body["environment"] = Value::from(e);
+            }
             if let Some(e) = expected_version {
                 body["expected_version"] = Value::from(e);
             }
@@ -484,6 +642,32 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 body,
             )
         }
+        ConfigCmd::Promote {
+            component,
+            from,
+            to,
+            expected_version,
+            by,
+            t,
+        } => finish((|| {
+            let mut body = json!({"from": from, "to": to, "updated_by": by});
+            if let Some(e) = expected_version {
+                body["expected_version"] = Value::from(e);
+            }
+            let v = call(
+                "POST",
+                &t,
+                &format!("/api/v1/config/components/{}/promote", enc(&component)),
+                Some(body),
+            )?;
+            if t.json {
+                print_json(&v);
+            } else {
+                print_config(&v);
+                println!("  ({})", v["note"].as_str().unwrap_or("promoted"));
+            }
+            Ok(())
+        })()),
     }
 }
 

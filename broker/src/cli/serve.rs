@@ -56,6 +56,9 @@ pub(crate) struct ServeArgs {
     /// Heartbeat interval asked of registered components, ms [default: 1000].
     #[arg(long)]
     heartbeat_ms: Option<u32>,
+    /// Config environment of registrations and admin calls that name none [default: default].
+    #[arg(long)]
+    environment: Option<String>,
     /// Age after which stored metrics samples are deleted, e.g. `30d`, `12h`, `3600s`
     /// [default: 30d].
     #[arg(long)]
@@ -129,6 +132,9 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(h) = a.heartbeat_ms {
         cfg.admin.heartbeat_ms = h;
+    }
+    if let Some(e) = &a.environment {
+        cfg.admin.environment = e.clone();
     }
     if let Some(r) = &a.metrics_retention {
         cfg.admin.metrics_retention_s = parse_duration_s(r)?;

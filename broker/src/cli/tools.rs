@@ -219,8 +219,19 @@ async fn connect(
         code: EXIT_USAGE,
         message,
     })?;
-    let opts = tls.apply(ConnectOptions::new().name(name).credentials(credentials))?;
+    let mut opts = tls.apply(ConnectOptions::new().name(name).credentials(credentials))?;
+    if let Some(e) = cli_environment() {
+        opts = opts.environment(e);
+    }
     Ok(opts.connect(server).await?)
+}
+
+/// `AGENTWIRE_ENVIRONMENT`: the config environment of registrations made by the CLI's client
+/// tools (unset or empty: the broker's default).
+pub(crate) fn cli_environment() -> Option<String> {
+    std::env::var("AGENTWIRE_ENVIRONMENT")
+        .ok()
+        .filter(|e| !e.is_empty())
 }
 
 async fn publish(a: PubArgs) -> Result<(), Failure> {

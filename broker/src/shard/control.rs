@@ -92,7 +92,7 @@ fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
         shard: shard.id,
         conn: conn.id,
     };
-    let env = reg.environment_or_default().to_owned();
+    let env = admin.registry.environment_of(&reg).to_owned();
     let result = admin.registry.register(at, &reg, conn.load.clone(), || {
         admin.config_for(&reg.component, &env)
     });

@@ -2,10 +2,10 @@
 //! request latency, and the dependency graph) and `/components/{name}` (its instances one by
 //! one). Both update live.
 //!
-//! The dependency graph comes from [`dependency_graph`]: today it reads `depends_on` from the
-//! instances' registration metadata (comma-separated component names). When the registry
-//! carries declared dependencies (`GET /api/v1/components/graph`), build the [`Graph`] from
-//! that JSON with [`Graph::from_api_json`] inside [`dependency_graph`]: nothing else changes.
+//! The dependency graph comes from [`dependency_graph`]: the same JSON as `GET
+//! /api/v1/components/graph` (declared `depends_on` of the live instances, checked by
+//! [`crate::admin::topology`]), read with [`Graph::from_api_json`]. An unmet dependency (no
+//! healthy instance, or none in the declared version range) is drawn red and dashed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -182,6 +182,9 @@ pub struct Graph {
     pub nodes: BTreeMap<String, String>,
     /// (from, to): `from` depends on `to`.
     pub edges: BTreeSet<(String, String)>,
+    /// Edges not met: `to` has no live or healthy instance, or none in the declared version
+    /// range (the node's status tells which).
+    pub incompatible: BTreeSet<(String, String)>,
 }
 
 impl Graph {
@@ -208,6 +211,9 @@ impl Graph {
         for e in v["edges"].as_array().unwrap_or(&empty) {
             if let (Some(a), Some(b)) = (e["from"].as_str(), e["to"].as_str()) {
                 g.edges.insert((a.to_owned(), b.to_owned()));
+                if e["ok"] == serde_json::Value::Bool(false) {
+                    g.incompatible.insert((a.to_owned(), b.to_owned()));
+                }
             }
         }
         for (a, b) in g.edges.clone() {
@@ -242,42 +248,11 @@ impl Graph {
     }
 }
 
-/// The dependency graph of the live components: from the registry (each instance's
-/// `depends_on` metadata, comma-separated). When `GET /api/v1/components/graph` exists, make
-/// this `Graph::from_api_json(&<that handler's JSON>)`.
+/// The dependency graph of the live components, as `GET /api/v1/components/graph` answers it.
 pub fn dependency_graph(g: &dyn DataPlane) -> Graph {
-    let mut graph = Graph::default();
-    let mut healthy: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for i in g.admin().registry.list("", "", true) {
-        let e = healthy.entry(i.component.clone()).or_default();
-        e.1 += 1;
-        if i.healthy {
-            e.0 += 1;
-        }
-        for (k, v) in &i.metadata {
-            if k == "depends_on" {
-                for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                    graph.edges.insert((i.component.clone(), d.to_owned()));
-                }
-            }
-        }
-    }
-    for (c, (h, n)) in healthy {
-        let s = if h == n {
-            "healthy"
-        } else if h > 0 {
-            "degraded"
-        } else {
-            "unhealthy"
-        };
-        graph.nodes.insert(c, s.into());
-    }
-    for (a, b) in graph.edges.clone() {
-        for n in [a, b] {
-            graph.nodes.entry(n).or_insert_with(|| "absent".into());
-        }
-    }
-    graph
+    let all = g.admin().registry.list("", "", true);
+    let v = serde_json::to_value(crate::admin::topology::graph(&all)).unwrap_or_default();
+    Graph::from_api_json(&v)
 }
 
 /// The graph as SVG: one column per layer (dependencies on the left), arrows from a component
@@ -316,8 +291,15 @@ pub fn graph(g: &dyn DataPlane) -> Markup {
             }
             @for (a, b) in &graph.edges {
                 @if let (Some(pa), Some(pb)) = (pos.get(a.as_str()), pos.get(b.as_str())) {
-                    line x1=(pa.0) y1=(pa.1 + bh / 2.0) x2=(pb.0 + bw) y2=(pb.1 + bh / 2.0)
-                        stroke="#666" stroke-width="1.2" marker-end="url(#arrow)" {}
+                    @if graph.incompatible.contains(&(a.clone(), b.clone())) {
+                        line.incompatible x1=(pa.0) y1=(pa.1 + bh / 2.0) x2=(pb.0 + bw) y2=(pb.1 + bh / 2.0)
+                            stroke="#c62828" stroke-width="1.6" stroke-dasharray="5 3" marker-end="url(#arrow)" {
+                            title { (a) " depends on " (b) ": not met (missing, unhealthy, or no instance in the declared version range)" }
+                        }
+                    } @else {
+                        line x1=(pa.0) y1=(pa.1 + bh / 2.0) x2=(pb.0 + bw) y2=(pb.1 + bh / 2.0)
+                            stroke="#666" stroke-width="1.2" marker-end="url(#arrow)" {}
+                    }
                 }
             }
             @for (n, status) in &graph.nodes {
@@ -329,8 +311,8 @@ pub fn graph(g: &dyn DataPlane) -> Markup {
                 }
             }
         }
-        p.note { "Arrows point from a component to what it depends on (instance metadata "
-            code { "depends_on" } ")." }
+        p.note { "Arrows point from a component to what it depends on (declared "
+            code { "depends_on" } " at registration); a red dashed arrow: not met (no healthy instance, or none in the declared version range)." }
     }
 }
 
@@ -348,6 +330,14 @@ mod tests {
         }));
         assert_eq!(g.nodes.len(), 3);
         assert_eq!(g.nodes["store"], "absent");
+        assert!(g.incompatible.is_empty());
+        let bad =
+            Graph::from_api_json(&json!({"nodes": [{"component": "api", "status": "healthy"},
+            {"component": "llm", "status": "healthy"}],
+            "edges": [{"from": "api", "to": "llm", "requirement": "^2", "ok": false}]}));
+        assert!(bad
+            .incompatible
+            .contains(&("api".to_owned(), "llm".to_owned())));
         let l = g.layers();
         assert_eq!((l["store"], l["planner"], l["api"]), (0, 1, 2));
         // A cycle terminates.

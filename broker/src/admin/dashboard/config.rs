@@ -26,7 +26,9 @@ use crate::config::AdminRole;
 /// The HTTP status of a store error (as the REST API answers).
 fn status_of(e: &StoreError) -> StatusCode {
     match e {
-        StoreError::UnknownComponent(_) | StoreError::NoSuchVersion { .. } => StatusCode::NOT_FOUND,
+        StoreError::UnknownComponent(_)
+        | StoreError::NoSuchVersion { .. }
+        | StoreError::UnknownEnvironment { .. } => StatusCode::NOT_FOUND,
         StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
         StoreError::VersionConflict { .. } => StatusCode::CONFLICT,
         StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
