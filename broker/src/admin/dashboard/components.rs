@@ -89,6 +89,12 @@ pub fn table(g: &dyn DataPlane) -> Markup {
         by.entry(i.component.clone()).or_default().push(i);
     }
     let rtt = round_trips(g);
+    let all: Vec<InstanceInfo> = by.values().flatten().cloned().collect();
+    let topo: BTreeMap<String, crate::admin::topology::ComponentStatus> =
+        crate::admin::topology::evaluate(&all)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
     html! {
         @if by.is_empty() {
             p.note { "No component instance is registered." }
@@ -97,12 +103,17 @@ pub fn table(g: &dyn DataPlane) -> Markup {
                 thead { tr {
                     th { "component" } th { "status" } th { "instances" } th { "versions" }
                     th { "health" } th { "in flight" } th { "queue" } th { "reported latency" }
-                    th { "request p50" } th { "request p99" }
+                    th { "request p50" } th { "request p99" } th { "dependencies" }
                 } }
                 tbody {
                     @for (name, list) in &by {
                         @let healthy = list.iter().filter(|i| i.healthy).count();
-                        @let status = if healthy == list.len() { "healthy" } else if healthy > 0 { "degraded" } else { "unhealthy" };
+                        @let t = topo.get(name);
+                        @let status = t.map_or("unhealthy", |t| t.status.as_str());
+                        @let incompatible = t.is_some_and(|t| t.incompatible);
+                        @let problems: Vec<String> = t.map(|t| t.dependency_problems.iter().map(|p| {
+                            format!("{} {}: {}", p.dependency, p.wanted, serde_json::to_value(p.problem).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                        }).collect()).unwrap_or_default();
                         @let versions: BTreeSet<&str> = list.iter().map(|i| i.version.as_str()).collect();
                         @let score = list.iter().map(|i| u64::from(i.health_score)).sum::<u64>() / list.len().max(1) as u64;
                         @let in_flight: u64 = list.iter().map(|i| u64::from(i.load.in_flight)).sum();
@@ -111,7 +122,10 @@ pub fn table(g: &dyn DataPlane) -> Markup {
                         @let r = rtt.get(name).copied().unwrap_or_default();
                         tr data-component=(name) {
                             td { a href={ "/components/" (name) } { (name) } }
-                            td { span class={ "badge " (status) } { (status) } }
+                            td {
+                                span class={ "badge " (status) } { (status) }
+                                @if incompatible { " " span.badge.incompatible { "incompatible" } }
+                            }
                             td { (healthy) " / " (list.len()) }
                             td { (versions.into_iter().collect::<Vec<_>>().join(", ")) }
                             td { (score) }
@@ -120,6 +134,7 @@ pub fn table(g: &dyn DataPlane) -> Markup {
                             td { (human_us(lat)) }
                             td { @if r.count > 0 { (human_us(r.p50 as f64)) } @else { "-" } }
                             td { @if r.count > 0 { (human_us(r.p99 as f64)) } @else { "-" } }
+                            td.deps { @if problems.is_empty() { "ok" } @else { (problems.join("; ")) } }
                         }
                     }
                 }
