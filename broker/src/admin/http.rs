@@ -67,6 +67,9 @@ impl From<StoreError> for ApiError {
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
             StoreError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
+            StoreError::RolloutInProgress { .. } => (StatusCode::CONFLICT, "rollout_in_progress"),
+            StoreError::NoRollout(_) => (StatusCode::NOT_FOUND, "no_rollout"),
+            StoreError::NoCanary(_) => (StatusCode::CONFLICT, "no_canary"),
             StoreError::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             StoreError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             StoreError::Storage(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage"),
@@ -122,6 +125,18 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .route(
             "/api/v1/config/components/{name}/promote",
             post(config_promote),
+        )
+        .route(
+            "/api/v1/config/components/{name}/rollout",
+            get(rollout_status),
+        )
+        .route(
+            "/api/v1/config/components/{name}/rollout/promote",
+            post(rollout_promote),
+        )
+        .route(
+            "/api/v1/config/components/{name}/rollout/abort",
+            post(rollout_abort),
         )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -324,7 +339,9 @@ async fn reload(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
     }
 }
 
-pub(crate) async fn deployment(State(g): State<AppState>) -> Json<Value> {
+pub(crate) async fn deployment(State(g): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let g2 = g.clone();
+    let rollouts = blocking(move || g2.admin().store.rollouts(None, None, 50)).await?;
     let cfg = &g.config();
     let versions: Vec<Value> = g
         .admin()
@@ -332,7 +349,7 @@ pub(crate) async fn deployment(State(g): State<AppState>) -> Json<Value> {
         .into_iter()
         .map(|(c, e, v)| json!({"component": c, "environment": e, "version": v}))
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "build": {
             "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
@@ -353,7 +370,8 @@ pub(crate) async fn deployment(State(g): State<AppState>) -> Json<Value> {
             crate::config::RoutingPolicy::RoundRobin => "round-robin",
         },
         "config_versions": versions,
-    }))
+        "rollouts": rollouts,
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -483,6 +501,8 @@ struct PutBody {
     #[serde(default)]
     create: bool,
     updated_by: Option<String>,
+    /// A staged rollout: canaries first, then everyone (see `admin::rollout`).
+    rollout: Option<super::rollout::RolloutRequest>,
 }
 
 /// Who makes a change: the admin token's name when tokens are in use (not something the
@@ -513,6 +533,15 @@ async fn config_put(
     let changes: Changes = b.values;
     let create = b.create;
     let expected = b.expected_version;
+    if let Some(r) = b.rollout {
+        let (snap, record) = blocking(move || {
+            super::rollout::start(&*g, &name, &env, &changes, expected, create, &by, &r)
+        })
+        .await?;
+        let mut v = serde_json::to_value(snap).unwrap_or_default();
+        v["rollout"] = serde_json::to_value(record).unwrap_or_default();
+        return Ok(Json(v));
+    }
     let snap =
         blocking(move || set_config(&*g, &name, &env, &changes, expected, create, &by)).await?;
     Ok(Json(serde_json::to_value(snap).unwrap_or_default()))
@@ -591,4 +620,81 @@ async fn config_promote(
         );
     }
     Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+struct RolloutQuery {
+    environment: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The rollout in progress of a component in one environment (with each canary's figures
+/// since the push) and its past rollouts, newest first.
+async fn rollout_status(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RolloutQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let env = env_or_default(&g, q.environment);
+    let limit = q.limit.unwrap_or(20).min(1000);
+    let (g2, n2, e2) = (g.clone(), name.clone(), env.clone());
+    let list = blocking(move || g2.admin().store.rollouts(Some(&n2), Some(&e2), limit)).await?;
+    let active = g.admin().rollouts.live(&*g, &name, &env);
+    Ok(Json(json!({
+        "component": name,
+        "environment": env,
+        "active": active,
+        "rollouts": list,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutActionBody {
+    environment: Option<String>,
+    updated_by: Option<String>,
+}
+
+async fn rollout_action(
+    g: AppState,
+    name: String,
+    headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
+    body: Result<Json<RolloutActionBody>, JsonRejection>,
+    promote: bool,
+) -> Result<Json<Value>, ApiError> {
+    let b = json_body(body)?;
+    let env = env_or_default(&g, b.environment);
+    let by = who(&headers, token.as_ref().map(|Extension(t)| t), b.updated_by);
+    let record = blocking(move || {
+        if promote {
+            super::rollout::promote(&*g, &name, &env, &by)
+        } else {
+            super::rollout::abort(&*g, &name, &env, &by)
+        }
+    })
+    .await?;
+    Ok(Json(serde_json::to_value(record).unwrap_or_default()))
+}
+
+/// Promotes the rollout in progress now: its version goes to every instance.
+async fn rollout_promote(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
+    body: Result<Json<RolloutActionBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    rollout_action(g, name, headers, token, body, true).await
+}
+
+/// Aborts the rollout in progress: the previous values come back as a new version.
+async fn rollout_abort(
+    State(g): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    token: Option<Extension<TokenName>>,
+    body: Result<Json<RolloutActionBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    rollout_action(g, name, headers, token, body, false).await
 }

@@ -14,6 +14,7 @@ pub mod load;
 pub mod metrics;
 pub mod optimize;
 pub mod registry;
+pub mod rollout;
 pub mod store;
 pub mod topology;
 
@@ -64,6 +65,8 @@ pub struct Admin {
     pub started_ms: u64,
     /// The HTTP API's bound address, once listening.
     pub http_addr: RwLock<Option<SocketAddr>>,
+    /// Staged config rollouts in progress.
+    pub rollouts: rollout::Rollouts,
     /// Components known to be in the database (so a registration writes at most once).
     known: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Components to record in the database, for the admin thread.
@@ -98,6 +101,16 @@ impl Admin {
             Some(d) => ConfigStore::open(d)?,
             None => ConfigStore::open_in_memory()?,
         };
+        // A rollout does not survive a restart: restore its stable values before loading.
+        for r in store.abort_interrupted_rollouts()? {
+            tracing::warn!(
+                rollout = r.id,
+                component = %r.component,
+                environment = %r.environment,
+                "config rollout aborted: {}",
+                r.reason
+            );
+        }
         let mut configs = HashMap::new();
         for s in store.all_current()? {
             configs.insert((s.component.clone(), s.environment.clone()), to_update(&s));
@@ -129,6 +142,7 @@ impl Admin {
             tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
             http_addr: RwLock::new(None),
+            rollouts: rollout::Rollouts::default(),
         })
     }
 
@@ -336,6 +350,7 @@ pub fn set_config(
     by: &str,
 ) -> Result<ConfigSnapshot, StoreError> {
     let store = &global.admin().store;
+    let _gate = global.admin().rollouts.lock_free(component, environment)?;
     // A component with live instances is known even if its record is still being written.
     let create = create || global.admin().registry.has_component(component);
     let snap = if create {
@@ -359,6 +374,7 @@ pub fn rollback_config(
     expected_version: Option<u64>,
     by: &str,
 ) -> Result<ConfigSnapshot, StoreError> {
+    let _gate = global.admin().rollouts.lock_free(component, environment)?;
     let snap =
         global
             .admin()
@@ -471,6 +487,7 @@ async fn run(
     }
     tokio::spawn(metrics::sampler(global.clone(), stop.clone()));
     tokio::spawn(dashboard::live::sampler(global.clone(), stop.clone()));
+    tokio::spawn(rollout::watch(global.clone(), stop.clone()));
     if let Some(mut rx) = global.admin().jobs_rx.lock().take() {
         let g = global.clone();
         tokio::spawn(async move {

@@ -444,6 +444,26 @@ impl Registry {
             .collect()
     }
 
+    /// Live instances of `component` in `environment` with their connections, sorted by id
+    /// (for choosing rollout canaries).
+    pub fn instances_of(&self, component: &str, environment: &str) -> Vec<(InstanceInfo, ConnRef)> {
+        let g = self.inner.lock();
+        g.instances
+            .range((component.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == component)
+            .filter(|(_, e)| e.info.environment == environment)
+            .map(|(_, e)| (e.info.clone(), e.at))
+            .collect()
+    }
+
+    /// One live instance and its connection (for watching rollout canaries).
+    pub fn instance(&self, component: &str, instance_id: &str) -> Option<(InstanceInfo, ConnRef)> {
+        let g = self.inner.lock();
+        g.instances
+            .get(&(component.to_owned(), instance_id.to_owned()))
+            .map(|e| (e.info.clone(), e.at))
+    }
+
     /// Whether any live instance of `component` is registered.
     pub fn has_component(&self, component: &str) -> bool {
         let g = self.inner.lock();

@@ -50,6 +50,9 @@ pub const MAX_BY_LEN: usize = 128;
 /// Longest metric name, in bytes.
 pub const MAX_METRIC_NAME_LEN: usize = 256;
 
+mod rollouts;
+pub use rollouts::{RolloutRecord, RolloutState};
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
@@ -151,6 +154,25 @@ pub enum StoreError {
         /// Environment asked for.
         environment: String,
     },
+    /// A staged rollout of this component and environment is in progress (baking, or failed
+    /// and waiting for promote or abort): other changes wait for it.
+    #[error("rollout {id} of {component} [{environment}] is in progress ({state}): wait for it, or promote or abort it (agentwire config rollout status|promote|abort {component})")]
+    RolloutInProgress {
+        /// The rollout's id.
+        id: u64,
+        /// Component.
+        component: String,
+        /// Environment.
+        environment: String,
+        /// Its state (`baking` or `failed`).
+        state: String,
+    },
+    /// No rollout in progress to promote or abort.
+    #[error("{0}")]
+    NoRollout(String),
+    /// A rollout cannot start: no healthy live instance to be its canary.
+    #[error("{0}")]
+    NoCanary(String),
     /// SQLite reported `SQLITE_FULL`: the disk (or the database's page limit) is full.
     #[error("the data disk is full: {0}")]
     Full(String),
@@ -607,6 +629,92 @@ fn usize_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Checks the inputs of a config change.
+fn check_change(
+    component: &str,
+    environment: &str,
+    changes: &Changes,
+    by: &str,
+) -> Result<(), StoreError> {
+    check_name("component", component)?;
+    check_name("environment", environment)?;
+    check_by(by)?;
+    if changes.is_empty() {
+        return Err(invalid("changes", "no change (the change set is empty)"));
+    }
+    for (key, value) in changes {
+        check_key(key)?;
+        if let Some(value) = value {
+            check_value(key, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The body of [`ConfigStore::set`] inside an open write transaction (inputs already
+/// checked): a new version on top of the current one.
+fn set_in_tx(
+    tx: &Transaction<'_>,
+    component: &str,
+    environment: &str,
+    changes: &Changes,
+    expected_version: Option<u64>,
+    by: &str,
+    create: bool,
+) -> Result<ConfigSnapshot, Failure> {
+    if create {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO components (name, created_at, created_by)
+             VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![component, now_ms(), by])?;
+    }
+    require_component(tx, component)?;
+    let current = current_snapshot(tx, component, environment)?;
+    check_expected(expected_version, current.version)?;
+    let mut values = current.values.clone();
+    for (key, value) in changes {
+        match value {
+            Some(v) => {
+                values.insert(key.clone(), v.clone());
+            }
+            None => {
+                values.remove(key);
+            }
+        }
+    }
+    if values == current.values {
+        return Err(invalid(
+            "changes",
+            format!(
+                "no change (version {} already has these values)",
+                current.version
+            ),
+        )
+        .into());
+    }
+    if values.len() > MAX_KEYS {
+        return Err(invalid(
+            "changes",
+            format!(
+                "{} keys after the change (at most {MAX_KEYS} per component and environment)",
+                values.len()
+            ),
+        )
+        .into());
+    }
+    let next = ConfigSnapshot {
+        component: component.to_owned(),
+        environment: environment.to_owned(),
+        version: current.version + 1,
+        values,
+        updated_at_ms: now_ms(),
+        updated_by: by.to_owned(),
+    };
+    insert_version(tx, &next, "set", None)?;
+    Ok(next)
+}
+
 impl ConfigStore {
     /// Opens (creating if needed) `<data_dir>/agentwire.db`, creating `data_dir` if missing,
     /// and the tables. WAL mode, `synchronous=FULL`, 5 s busy timeout.
@@ -666,6 +774,7 @@ impl ConfigStore {
             conn.pragma_update(None, "synchronous", "FULL")?;
             if create_schema {
                 conn.execute_batch(SCHEMA)?;
+                conn.execute_batch(rollouts::SCHEMA)?;
             }
             Ok(mode)
         };
@@ -839,70 +948,17 @@ impl ConfigStore {
         by: &str,
         create: bool,
     ) -> Result<ConfigSnapshot, StoreError> {
-        check_name("component", component)?;
-        check_name("environment", environment)?;
-        check_by(by)?;
-        if changes.is_empty() {
-            return Err(invalid("changes", "no change (the change set is empty)"));
-        }
-        for (key, value) in changes {
-            check_key(key)?;
-            if let Some(value) = value {
-                check_value(key, value)?;
-            }
-        }
+        check_change(component, environment, changes, by)?;
         self.write("set", |tx| {
-            if create {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO components (name, created_at, created_by)
-                     VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![component, now_ms(), by])?;
-            }
-            require_component(tx, component)?;
-            let current = current_snapshot(tx, component, environment)?;
-            check_expected(expected_version, current.version)?;
-            let mut values = current.values.clone();
-            for (key, value) in changes {
-                match value {
-                    Some(v) => {
-                        values.insert(key.clone(), v.clone());
-                    }
-                    None => {
-                        values.remove(key);
-                    }
-                }
-            }
-            if values == current.values {
-                return Err(invalid(
-                    "changes",
-                    format!(
-                        "no change (version {} already has these values)",
-                        current.version
-                    ),
-                )
-                .into());
-            }
-            if values.len() > MAX_KEYS {
-                return Err(invalid(
-                    "changes",
-                    format!(
-                        "{} keys after the change (at most {MAX_KEYS} per component and environment)",
-                        values.len()
-                    ),
-                )
-                .into());
-            }
-            let next = ConfigSnapshot {
-                component: component.to_owned(),
-                environment: environment.to_owned(),
-                version: current.version + 1,
-                values,
-                updated_at_ms: now_ms(),
-                updated_by: by.to_owned(),
-            };
-            insert_version(tx, &next, "set", None)?;
-            Ok(next)
+            set_in_tx(
+                tx,
+                component,
+                environment,
+                changes,
+                expected_version,
+                by,
+                create,
+            )
         })
     }
 

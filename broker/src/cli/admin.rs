@@ -22,7 +22,7 @@ pub(crate) struct AdminTarget {
     admin: String,
     /// Print the API's JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Bearer token for an admin API with `[[admin.tokens]]`.
     #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -138,8 +138,12 @@ enum ConfigCmd {
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
         #[command(flatten)]
+        stage: super::rollout::StageFlags,
+        #[command(flatten)]
         t: AdminTarget,
     },
+    /// Staged rollouts: status, promote, abort.
+    Rollout(super::rollout::RolloutArgs),
     /// List versions, newest first.
     History {
         /// Component name.
@@ -215,9 +219,14 @@ pub(crate) struct TopArgs {
 }
 
 /// A failed call, already worded for the user.
-struct Failure(String);
+pub(super) struct Failure(pub(super) String);
 
-fn call(method: &str, t: &AdminTarget, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+pub(super) fn call(
+    method: &str,
+    t: &AdminTarget,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
     let url = format!("{}{}", t.base_url(), path);
     let agent = t.agent()?;
     let mut req = agent.request(method, &url);
@@ -245,11 +254,11 @@ fn call(method: &str, t: &AdminTarget, path: &str, body: Option<Value>) -> Resul
     }
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn finish(r: Result<(), Failure>) -> ExitCode {
+pub(super) fn finish(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(m)) => {
@@ -464,7 +473,7 @@ fn env_query(environment: Option<&str>, sep: char) -> String {
 
 /// Percent-encodes a path segment (names are `[A-Za-z0-9_-]`; anything else is escaped so a
 /// bad name reaches the API and gets its error).
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
@@ -543,6 +552,7 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
             expected_version,
             create,
             by,
+            stage,
             t,
         } => {
             let mut values = serde_json::Map::new();
@@ -567,6 +577,9 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
             if let Some(e) = expected_version {
                 body["expected_version"] = Value::from(e);
             }
+            if stage.canary.is_some() {
+                return super::rollout::set_staged(&t, &component, body, &stage);
+            }
             write_config(
                 &t,
                 "PUT",
@@ -574,6 +587,7 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 body,
             )
         }
+        ConfigCmd::Rollout(r) => super::rollout::run(r),
         ConfigCmd::History {
             component,
             environment,

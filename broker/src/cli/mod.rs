@@ -7,7 +7,9 @@
 //! error (bad flags, invalid subject, unreadable config).
 
 mod admin;
+mod agent;
 mod keys;
+mod rollout;
 mod serve;
 mod tools;
 
@@ -67,6 +69,8 @@ enum Command {
     Dashboard(admin::AdminTarget),
     /// Re-read the config file: apply users, permissions and limits live (admin API; SIGHUP does the same).
     Reload(admin::AdminTarget),
+    /// Simulated agents: N instances of a component serving requests, with live config.
+    Agent(agent::AgentArgs),
     /// Write an ed25519 key pair: OUT (credentials, mode 0600) and OUT.pub (public key).
     Keygen(keys::KeygenArgs),
     /// Print the argon2 hash of the token read from stdin (for `[[users]] token_hash`).
@@ -116,6 +120,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Dashboard(t) => admin::dashboard(t),
         Command::Reload(t) => admin::reload(t),
         Command::Keygen(a) => keys::keygen(a),
+        Command::Agent(a) => {
+            init_logging(cli.log_format, "warn");
+            agent::run(a)
+        }
         Command::HashToken(a) => keys::hash_token(a),
         cmd => {
             init_logging(cli.log_format, "warn");

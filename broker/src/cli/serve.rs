@@ -77,7 +77,7 @@ pub(crate) struct ServeArgs {
 }
 
 /// Parses `30d`, `12h`, `15m`, `3600s` or a bare number of seconds.
-fn parse_duration_s(s: &str) -> Result<u64, String> {
+pub(super) fn parse_duration_s(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'd')) => (&s[..i], 86_400),
         Some((i, 'h')) => (&s[..i], 3_600),

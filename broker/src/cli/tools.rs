@@ -164,9 +164,9 @@ impl TlsFlags {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+pub(super) struct Failure {
+    pub(super) code: u8,
+    pub(super) message: String,
 }
 
 impl From<ClientError> for Failure {
@@ -209,7 +209,7 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
     }
 }
 
-async fn connect(
+pub(super) async fn connect(
     server: &str,
     auth: &AuthFlags,
     tls: &TlsFlags,

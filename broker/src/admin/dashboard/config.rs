@@ -28,7 +28,9 @@ fn status_of(e: &StoreError) -> StatusCode {
     match e {
         StoreError::UnknownComponent(_)
         | StoreError::NoSuchVersion { .. }
-        | StoreError::UnknownEnvironment { .. } => StatusCode::NOT_FOUND,
+        | StoreError::UnknownEnvironment { .. }
+        | StoreError::NoRollout(_) => StatusCode::NOT_FOUND,
+        StoreError::RolloutInProgress { .. } | StoreError::NoCanary(_) => StatusCode::CONFLICT,
         StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
         StoreError::VersionConflict { .. } => StatusCode::CONFLICT,
         StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -194,10 +196,11 @@ pub struct CreateForm {
     changes: String,
 }
 
-fn env_or_default(e: &str) -> String {
+/// The environment named, or the broker's default environment (`--environment`).
+fn env_or_default(g: &AppState, e: &str) -> String {
     let e = e.trim();
     if e.is_empty() {
-        "default".into()
+        g.admin().registry.default_environment().to_owned()
     } else {
         e.to_owned()
     }
@@ -230,7 +233,7 @@ pub(crate) async fn create(
             return list_render(g, access, Some((StatusCode::BAD_REQUEST, e)), Some(&f)).await
         }
     };
-    let env = env_or_default(&f.environment);
+    let env = env_or_default(&g, &f.environment);
     let (g2, comp, e2, by) = (
         g.clone(),
         f.component.trim().to_owned(),
@@ -303,7 +306,7 @@ async fn detail_render(
     access: Access,
     notice: Notice,
 ) -> Response {
-    let env = env_or_default(q.env.as_deref().unwrap_or(""));
+    let env = env_or_default(&g, q.env.as_deref().unwrap_or(""));
     let (g2, n2, e2) = (g.clone(), name.clone(), env.clone());
     let (from, to) = (q.from, q.to);
     let loaded = run(move || {
@@ -328,7 +331,7 @@ async fn detail_render(
         })
     })
     .await;
-    let rollouts = rollouts(&g, &name).await;
+    let rollouts = rollouts(&g, &name, &env).await;
     let (status, error) = match (&notice.error, &loaded) {
         (Some(e), _) => (
             notice.status.unwrap_or(StatusCode::BAD_REQUEST),
@@ -418,30 +421,45 @@ async fn detail_render(
     )
 }
 
-/// The staged rollouts of `component` from `GET /api/v1/deployment/status` (its `rollouts`,
-/// when the rollout engine is in this build).
-async fn rollouts(g: &AppState, component: &str) -> Markup {
-    let axum::Json(v) = super::super::http::deployment(State(g.clone())).await;
-    let Some(list) = v.get("rollouts") else {
-        return html! { p.note { "Staged rollouts are not available in this build." } };
+/// The staged rollouts of `component` in `environment`: the one in progress with each canary's
+/// figures since the push (as `GET /api/v1/config/components/{name}/rollout` answers), then the
+/// past ones, newest first.
+async fn rollouts(g: &AppState, component: &str, environment: &str) -> Markup {
+    let (g2, c2, e2) = (g.clone(), component.to_owned(), environment.to_owned());
+    let past = match run(move || g2.admin().store.rollouts(Some(&c2), Some(&e2), 20)).await {
+        Ok(list) => list,
+        Err(e) => return html! { p.error { "cannot read the rollouts: " (e) } },
     };
-    // Either a list, or an object of lists (in progress, past).
-    let mut items: Vec<serde_json::Value> = Vec::new();
-    let mut collect = |l: &serde_json::Value| {
-        for it in l.as_array().into_iter().flatten() {
-            if it["component"].as_str().is_none_or(|c| c == component) {
-                items.push(it.clone());
+    let active = g.admin().rollouts.live(&**g, component, environment);
+    let items: Vec<serde_json::Value> = past
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "state": r.state,
+                "versions": format!("v{} → v{}", r.from_version, r.to_version),
+                "rollback": r.rollback_version.map(|v| format!("v{v}")),
+                "canaries": r.canaries.join(", "),
+                "started": r.started_at_ms,
+                "by": r.started_by,
+                "ended": r.ended_at_ms,
+                "reason": r.reason,
+            })
+        })
+        .collect();
+    html! {
+        @if let Some(a) = active {
+            div #rollout-active {
+                h3 { "In progress" }
+                (json_table(std::slice::from_ref(&a), "rollout-active-table"))
             }
         }
-    };
-    match list {
-        serde_json::Value::Object(o) => o.values().for_each(&mut collect),
-        other => collect(other),
-    }
-    if items.is_empty() {
-        html! { p.note { "No rollout of " (component) "." } }
-    } else {
-        json_table(&items, "rollout-table")
+        @if items.is_empty() {
+            p.note { "No staged rollout of " (component) " in " (environment) ". Stage one with "
+                code { "agentwire config set " (component) " k=v --canary 1 --bake 30" } "." }
+        } @else {
+            (json_table(&items, "rollout-table"))
+        }
     }
 }
 
@@ -473,7 +491,7 @@ pub(crate) async fn edit(
         };
         return detail_render(g, name, DetailQuery::default(), access, n).await;
     };
-    let env = env_or_default(&f.environment);
+    let env = env_or_default(&g, &f.environment);
     let q = DetailQuery {
         env: Some(env.clone()),
         ..DetailQuery::default()
@@ -546,7 +564,7 @@ pub(crate) async fn rollback(
         };
         return detail_render(g, name, DetailQuery::default(), access, n).await;
     };
-    let env = env_or_default(&f.environment);
+    let env = env_or_default(&g, &f.environment);
     let (g2, n2, e2, by) = (g.clone(), name.clone(), env.clone(), who(token));
     let (to, expected) = (f.version, f.expected_version);
     match run(move || rollback_config(&*g2, &n2, &e2, to, expected, &by)).await {
