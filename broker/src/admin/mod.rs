@@ -1,12 +1,14 @@
 //! The admin plane, embedded in the broker: the component registry ([`registry`]), the config
 //! center ([`store`] on SQLite, with an in-memory cache of current configs pushed live to
 //! instances), per-connection load for queue-group routing ([`load`]), latency histograms
-//! ([`hist`]), metrics ([`metrics`]) and the HTTP API ([`http`]).
+//! ([`hist`]), metrics ([`metrics`]), the HTTP API ([`http`]) and the alert engine
+//! ([`alerts`]).
 //!
 //! Shards touch it only for control frames (registration, heartbeats, discovery) and through
 //! lock-free load records; everything slow (SQLite, HTTP) runs on the admin thread started by
 //! [`start`].
 
+pub mod alerts;
 pub mod hist;
 pub mod http;
 pub mod load;
@@ -51,6 +53,8 @@ pub struct Admin {
     pub hist: hist::Histograms,
     /// Sampled publish subjects.
     pub hot: optimize::HotSubjects,
+    /// The alert engine.
+    pub alerts: alerts::Alerts,
     /// When the broker started.
     pub started: Instant,
     /// TLS handshakes that failed (client port and admin port): bad certificates, timeouts,
@@ -117,6 +121,7 @@ impl Admin {
             configs: RwLock::new(configs),
             hist: hist::Histograms::default(),
             hot: optimize::HotSubjects::default(),
+            alerts: alerts::Alerts::new(config.alerts.clone()),
             started: Instant::now(),
             tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
@@ -440,6 +445,7 @@ async fn run(
         }
     }
     tokio::spawn(metrics::sampler(global.clone(), stop.clone()));
+    tokio::spawn(alerts::run(global.clone(), stop.clone()));
     if let Some(mut rx) = global.admin().jobs_rx.lock().take() {
         let g = global.clone();
         tokio::spawn(async move {

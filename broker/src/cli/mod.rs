@@ -61,6 +61,8 @@ enum Command {
     Optimize(admin::AdminTarget),
     /// Version, build, uptime, shards, listeners, config versions (admin API).
     Deployment(admin::AdminTarget),
+    /// Firing alerts, or with --history the stored firings and resolutions (admin API).
+    Alerts(admin::AlertsArgs),
     /// Lame duck: stop accepting, move every client away over the window, exit (admin API).
     Drain(admin::AdminTarget),
     /// Re-read the config file: apply users, permissions and limits live (admin API; SIGHUP does the same).
@@ -110,6 +112,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Top(a) => admin::top(a),
         Command::Optimize(t) => admin::optimize(t),
         Command::Deployment(t) => admin::deployment(t),
+        Command::Alerts(a) => admin::alerts(a),
         Command::Drain(t) => admin::drain(t),
         Command::Reload(t) => admin::reload(t),
         Command::Keygen(a) => keys::keygen(a),
