@@ -4,7 +4,9 @@
 //! `step_s` like the alert engine:
 //!
 //! - request rate: 200 req/s with a ±30% daily cycle, Poisson counts, ±5% burst noise per step;
-//! - latency (p50 over the step): 2 ms, rising 20% with load, ±8% lognormal noise, and one
+//! - latency (p50 over the step): 2 ms, rising 20% with load, lognormal noise (sigma
+//!   `--latency-noise`, default 0.08, correlated from step to step by `--latency-ar`, default
+//!   0.5), and one
 //!   step in 200 a 1.5–3× spike (pauses, noisy neighbours);
 //! - error rate: 0.2% of requests fail, Poisson.
 //!
@@ -35,6 +37,13 @@ pub struct AnomalyArgs {
     /// Shift runs per factor and seed.
     #[arg(long, default_value_t = 20)]
     pub trials: u32,
+    /// Standard deviation of the per-step latency noise (lognormal sigma).
+    #[arg(long, default_value_t = 0.08)]
+    pub latency_noise: f64,
+    /// Step-to-step correlation of that noise (AR(1) coefficient, 0..1): slow drifts such as
+    /// a busy neighbour for a few minutes.
+    #[arg(long, default_value_t = 0.5)]
+    pub latency_ar: f64,
 }
 
 const DAY_S: f64 = 86_400.0;
@@ -42,6 +51,9 @@ const DAY_S: f64 = 86_400.0;
 struct Synth {
     rng: StdRng,
     step_s: f64,
+    noise: f64,
+    ar: f64,
+    prev: f64,
 }
 
 impl Synth {
@@ -75,7 +87,10 @@ impl Synth {
         let burst = (0.05 * self.normal()).exp();
         let n = self.poisson(200.0 * load * burst * self.step_s);
         let rate = n / self.step_s;
-        let mut lat = 2.0 * (1.0 + 0.2 * (load - 1.0)) * (0.08 * self.normal()).exp();
+        let mut lat = 2.0 * (1.0 + 0.2 * (load - 1.0)) * {
+            self.prev = self.ar * self.prev + (1.0 - self.ar * self.ar).sqrt() * self.normal();
+            (self.noise * self.prev).exp()
+        };
         if self.rng.gen_bool(1.0 / 200.0) {
             lat *= self.rng.gen_range(1.5..3.0);
         }
@@ -107,8 +122,13 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 
 /// Runs the measurement; prints a table (or JSON) and returns whether it ran.
 pub fn run(a: &AnomalyArgs, json_out: bool) -> bool {
-    if !(a.hours > 0.0 && a.hours <= 24.0 * 365.0) || a.seeds == 0 || a.trials == 0 {
-        eprintln!("agentwire-bench anomaly: --hours, --seeds and --trials must be positive");
+    if !(a.hours > 0.0 && a.hours <= 24.0 * 365.0)
+        || a.seeds == 0
+        || a.trials == 0
+        || !(0.0..=2.0).contains(&a.latency_noise)
+        || !(0.0..1.0).contains(&a.latency_ar)
+    {
+        eprintln!("agentwire-bench anomaly: --hours, --seeds and --trials must be positive, --latency-noise within 0..2, --latency-ar within 0..1");
         return false;
     }
     let cfg = AnomalyConfig::default();
@@ -122,6 +142,9 @@ pub fn run(a: &AnomalyArgs, json_out: bool) -> bool {
         let mut s = Synth {
             rng: StdRng::seed_from_u64(seed),
             step_s,
+            noise: a.latency_noise,
+            ar: a.latency_ar,
+            prev: 0.0,
         };
         let mut d = detectors(&cfg);
         let mut was = [false; 3];
@@ -153,6 +176,9 @@ pub fn run(a: &AnomalyArgs, json_out: bool) -> bool {
                 let mut s = Synth {
                     rng: StdRng::seed_from_u64(seed * 1_000 + u64::from(trial)),
                     step_s,
+                    noise: a.latency_noise,
+                    ar: a.latency_ar,
+                    prev: 0.0,
                 };
                 let mut d = detectors(&cfg);
                 let warm = (3600.0 / step_s) as u64;
@@ -184,6 +210,8 @@ pub fn run(a: &AnomalyArgs, json_out: bool) -> bool {
                 "step_s": cfg.step_s, "z": cfg.z, "consecutive": cfg.consecutive,
                 "warmup": cfg.warmup, "alpha": cfg.alpha, "min_std_rel": cfg.min_std_rel,
             },
+            "latency_noise": a.latency_noise,
+            "latency_ar": a.latency_ar,
             "steady": {
                 "seeds": a.seeds, "hours_per_seed": a.hours, "simulated_hours": sim_hours,
                 "false_alerts": total_alerts,
@@ -200,8 +228,8 @@ pub fn run(a: &AnomalyArgs, json_out: bool) -> bool {
         println!("{v}");
     } else {
         println!(
-            "anomaly detector (step {} s, |z| > {} for {} steps, warm-up {}, alpha {}, floor {}×mean)",
-            cfg.step_s, cfg.z, cfg.consecutive, cfg.warmup, cfg.alpha, cfg.min_std_rel
+            "anomaly detector (step {} s, |z| > {} for {} steps, warm-up {}, alpha {}, floor {}×mean); latency noise sigma {}, AR(1) {}",
+            cfg.step_s, cfg.z, cfg.consecutive, cfg.warmup, cfg.alpha, cfg.min_std_rel, a.latency_noise, a.latency_ar
         );
         println!(
             "steady traffic: {} seeds × {} h = {sim_hours} h simulated, 3 metrics: {total_alerts} false alerts \

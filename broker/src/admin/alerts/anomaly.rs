@@ -42,7 +42,7 @@ impl Default for DetectorConfig {
             consecutive: 3,
             warmup: 30,
             min_std_abs: 0.0,
-            min_std_rel: 0.1,
+            min_std_rel: 0.05,
             relearn_after: 60,
         }
     }

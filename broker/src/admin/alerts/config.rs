@@ -143,7 +143,7 @@ pub struct AnomalyConfig {
     pub warmup: u32,
     /// EWMA weight of a new observation (default 0.05).
     pub alpha: f64,
-    /// Deviation floor as a share of the baseline mean (default 0.1).
+    /// Deviation floor as a share of the baseline mean (default 0.05).
     pub min_std_rel: f64,
     /// After this many anomalous observations in a row the new level becomes the baseline
     /// (learning starts again; default 60).

@@ -78,7 +78,7 @@ pub struct Inputs {
 /// Anomaly metrics, with their deviation floors (in the metric's unit).
 pub const ANOMALY_METRICS: [(&str, f64); 3] = [
     ("request_rate", 1.0), // requests/s
-    ("latency", 1.0),      // ms (p50 over the step)
+    ("latency", 0.05),     // ms (p50 over the step)
     ("error_rate", 1.0),   // percent
 ];
 
