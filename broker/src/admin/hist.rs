@@ -21,8 +21,9 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Length of one short slice (the resolution of [`Windowed::recent`]).
 pub const SLICE: Duration = Duration::from_secs(5);
 
-/// Longest window [`Windowed::recent`] can report.
-pub const MAX_RECENT: Duration = Duration::from_secs(300);
+/// Longest window [`Windowed::recent`] can report (the ring holds at most 13 slices of
+/// ~190 KiB per histogram in use).
+pub const MAX_RECENT: Duration = Duration::from_secs(60);
 
 /// Highest value tracked, µs (values above are clamped): one hour.
 const MAX_US: u64 = 3_600_000_000;

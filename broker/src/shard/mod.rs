@@ -232,6 +232,7 @@ impl Global {
             old.listen_backlog != config.listen_backlog,
         );
         changed("admin", old.admin != config.admin);
+        changed("alerts", old.alerts != config.alerts);
         changed("read_buffer", old.read_buffer != config.read_buffer);
         changed(
             "cross_shard_queue",

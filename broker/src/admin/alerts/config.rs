@@ -17,7 +17,7 @@ pub struct AlertsConfig {
     /// How often every rule is evaluated, ms (default 1000).
     pub eval_interval_ms: u64,
     /// The short sliding window of the latency, error-rate and CPU rules, seconds (default
-    /// 30; 5 to 300, with a 5 s resolution).
+    /// 30; 5 to 60, with a 5 s resolution).
     pub window_s: u64,
     /// The window of the availability rule, seconds (default 300).
     pub availability_window_s: u64,
@@ -133,7 +133,7 @@ impl Default for ResourcesConfig {
 pub struct AnomalyConfig {
     /// Run it (default true).
     pub enabled: bool,
-    /// One observation per component and metric this often, seconds (default 10).
+    /// One observation per component and metric this often, seconds (default 10; 1 to 60).
     pub step_s: u64,
     /// Alert when |z| exceeds this (default 4).
     pub z: f64,
@@ -296,8 +296,8 @@ impl AlertsConfig {
         if !(10..=3_600_000).contains(&self.eval_interval_ms) {
             return bad("eval_interval_ms must be between 10 and 3600000".into());
         }
-        if !(5..=300).contains(&self.window_s) {
-            return bad("window_s must be between 5 and 300 seconds".into());
+        if !(5..=60).contains(&self.window_s) {
+            return bad("window_s must be between 5 and 60 seconds".into());
         }
         if !(1..=86_400).contains(&self.availability_window_s) {
             return bad("availability_window_s must be between 1 and 86400 seconds".into());
@@ -340,8 +340,8 @@ impl AlertsConfig {
             }
         }
         let a = &self.anomaly;
-        if !(1..=3600).contains(&a.step_s) {
-            return bad("anomaly.step_s must be between 1 and 3600".into());
+        if !(1..=60).contains(&a.step_s) {
+            return bad("anomaly.step_s must be between 1 and 60".into());
         }
         if !(a.z.is_finite() && a.z >= 1.0) {
             return bad(format!("anomaly.z must be at least 1 (got {})", a.z));
