@@ -98,12 +98,22 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Short runs that fail below the CI floors.
     Ci,
+    /// The alert engine's anomaly detector on synthetic series (no broker): false alerts on
+    /// steady traffic, detection delay of injected latency shifts.
+    Anomaly(crate::anomaly::AnomalyArgs),
 }
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let c = &cli.common;
+    if let Command::Anomaly(a) = &cli.command {
+        return if crate::anomaly::run(a, c.json) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_USAGE)
+        };
+    }
     let seconds_ok = |s: f64, max: f64| s > 0.0 && s <= max;
     if !seconds_ok(c.stall_timeout, 3600.0) || !seconds_ok(c.run_timeout, 86_400.0) {
         eprintln!("agentwire-bench: --stall-timeout and --run-timeout must be positive seconds");
@@ -177,6 +187,7 @@ pub fn main() -> ExitCode {
             Command::Suite(a) => run_suite(&a, &target, &opts, out).await,
             Command::Compare(a) => run_compare(&a, &target, &opts, out).await,
             Command::Ci => ci::run(&target, &opts, out).await,
+            Command::Anomaly(_) => ExitCode::SUCCESS,
         }
     })
 }

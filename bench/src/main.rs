@@ -10,9 +10,11 @@
 //! sampling; [`admin_api`] the broker's HTTP admin API; [`scenarios`] the load scenarios;
 //! [`latency`] HDR histograms; [`report`] one run's figures as JSON and text; [`suite`] cases,
 //! targets and the summary table; [`ci`] the CI floors; [`compare`] agentwire, nats-server and
-//! Zenoh side by side; [`progress`] the stderr progress bar.
+//! Zenoh side by side; [`progress`] the stderr progress bar; [`anomaly`] the alert engine's
+//! anomaly detector on synthetic series (no broker).
 
 mod admin_api;
+mod anomaly;
 mod broker_proc;
 mod ci;
 mod cli;

@@ -359,7 +359,12 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Client users; none: no authentication (the broker runs open).
     pub users: Vec<UserConfig>,
+    /// The alert engine (`[alerts]`).
+    pub alerts: crate::admin::alerts::config::AlertsConfig,
 }
+
+// `alerts` holds f64 thresholds; validation rejects NaN, so equality is reflexive.
+impl Eq for crate::admin::alerts::config::AlertsConfig {}
 
 impl Default for Config {
     fn default() -> Self {
@@ -378,6 +383,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             tls: None,
             users: Vec::new(),
+            alerts: Default::default(),
         }
     }
 }
@@ -514,6 +520,7 @@ impl Config {
             }
         }
         crate::auth::Auth::compile(&self.users).map_err(ConfigError::Invalid)?;
+        self.alerts.validate().map_err(ConfigError::Invalid)?;
         for t in &a.tokens {
             if t.token.len() < 16 {
                 return Err(ConfigError::Invalid(format!(

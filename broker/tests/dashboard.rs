@@ -422,7 +422,17 @@ async fn dashboard_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).expect("screenshot dir");
 
-    let h = common::start(dash_config(true));
+    // The component latency rule with a low threshold, a short window and `for`: the store
+    // component below answers in 40 ms, so the alerts page must show it firing.
+    let mut cfg = dash_config(true);
+    cfg.alerts = toml::from_str(
+        "eval_interval_ms = 200\nwindow_s = 5\nmin_samples = 3\n\
+         [component_latency]\nthreshold = 20\nfor_s = 1\n\
+         [resources]\nenabled = false\n[anomaly]\nenabled = false\n",
+    )
+    .expect("alerts config");
+    cfg.validate().expect("valid test config");
+    let h = common::start(cfg);
     let admin = h.admin_addr().expect("admin");
 
     // Components: planner (depends on store) with one instance watching its config, and store.
@@ -436,6 +446,22 @@ async fn dashboard_in_a_real_browser() {
         .register(reg("store", "store-0", None))
         .await
         .expect("register store");
+    // The store serves `store.>` in its queue group, answering each request after 40 ms.
+    let mut store_reqs = sc
+        .queue_subscribe("store.>", "store")
+        .await
+        .expect("store serves");
+    let store_server = tokio::spawn(async move {
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_secs(10), store_reqs.next()).await
+        {
+            let sc = sc.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let _ = sc.respond(&m, &b"stored"[..]).await;
+            });
+        }
+    });
     let mut watch = planner.config_watch();
     let first = tokio::time::timeout(common::WAIT, watch.next())
         .await
@@ -482,6 +508,13 @@ async fn dashboard_in_a_real_browser() {
                         sent += 1;
                     }
                 }
+                // A request to the slow store (answered in 40 ms) every round.
+                let c = pub_client.clone();
+                tokio::spawn(async move {
+                    let _ = c
+                        .request("store.get", &b"key"[..], Duration::from_secs(2))
+                        .await;
+                });
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             sent
@@ -500,8 +533,8 @@ async fn dashboard_in_a_real_browser() {
             .env("DASH_VIEWER_TOKEN", VIEWER)
             .env("DASH_COMPONENT", "planner")
             .env("DASH_CONFIG", "latency_ms=7")
-            // ALERT ENGINE STEP: once the alert engine lands, drive `latency_ms=600` on a
-            // component under requests and set DASH_EXPECT_ALERT=1 here.
+            // The store's 40 ms answers fire the component latency rule (threshold 20 ms).
+            .env("DASH_EXPECT_ALERT", "1")
             .output()
             .expect("run node")
     })
@@ -544,6 +577,25 @@ async fn dashboard_in_a_real_browser() {
         let len = std::fs::metadata(&p).map_or(0, |m| m.len());
         assert!(len > 1000, "screenshot {} missing or empty", p.display());
     }
+    // The alert the page showed is the engine's: the store's latency rule, in the API too.
+    let (code, _, _, body) = acall(
+        admin,
+        "GET",
+        "/api/v1/alerts".into(),
+        Some(cookie(OPERATOR)),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let alerts: Value = serde_json::from_str(&body).expect("alerts JSON");
+    let fired = alerts["firing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(alerts["resolved"].as_array().into_iter().flatten())
+        .any(|a| a["rule"] == "component_latency" && a["labels"]["component"] == "store");
+    assert!(fired, "no component_latency alert for store: {alerts}");
+    store_server.abort();
     drop(sub_client);
     let _ = drain.await;
     h.shutdown();

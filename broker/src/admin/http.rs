@@ -105,6 +105,7 @@ pub fn router(global: Arc<dyn DataPlane>) -> Router {
         .route("/api/v1/system/lameduck", post(lameduck))
         .route("/api/v1/system/reload", post(reload))
         .route("/api/v1/deployment/status", get(deployment))
+        .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/components", get(components))
         .route("/api/v1/components/graph", get(components_graph))
         .route("/api/v1/components/{name}", get(component))
@@ -371,6 +372,49 @@ pub(crate) async fn deployment(State(g): State<AppState>) -> Result<Json<Value>,
         },
         "config_versions": versions,
         "rollouts": rollouts,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/alerts[?state=firing|resolved][&limit=N]`: the firing alerts, the rules, and the
+/// stored history (newest first, default 100, at most 10,000).
+async fn alerts(
+    State(g): State<AppState>,
+    q: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s @ ("firing" | "resolved")) => Some(s.to_owned()),
+        Some(s) => {
+            return Err(ApiError::bad(format!(
+                "state must be firing or resolved (got {s:?})"
+            )))
+        }
+    };
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let view = g.admin().alerts.snapshot();
+    let st = state.clone();
+    let g2 = g.clone();
+    let history = blocking(move || g2.admin().store.alerts_history(st.as_deref(), limit)).await?;
+    let firing = if state.as_deref() == Some("resolved") {
+        Vec::new()
+    } else {
+        view.firing
+    };
+    Ok(Json(json!({
+        "enabled": view.enabled,
+        "evaluated_ms": view.evaluated_ms,
+        "window_s": view.window_s,
+        "firing": firing,
+        "history": history,
+        "rules": view.rules,
     })))
 }
 

@@ -103,6 +103,9 @@ fn record_all(global: &dyn DataPlane) {
             0.0
         });
     }
+    for (rule, n) in admin.alerts.firing_counts() {
+        gauge!("agentwire_alerts_firing", "rule" => rule).set(n as f64);
+    }
     for (c, e, v) in admin.config_versions() {
         gauge!("agentwire_config_version", "component" => c, "environment" => e).set(v as f64);
     }

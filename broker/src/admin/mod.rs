@@ -1,12 +1,14 @@
 //! The admin plane, embedded in the broker: the component registry ([`registry`]), the config
 //! center ([`store`] on SQLite, with an in-memory cache of current configs pushed live to
 //! instances), per-connection load for queue-group routing ([`load`]), latency histograms
-//! ([`hist`]), metrics ([`metrics`]) and the HTTP API ([`http`]).
+//! ([`hist`]), metrics ([`metrics`]), the HTTP API ([`http`]) and the alert engine
+//! ([`alerts`]).
 //!
 //! Shards touch it only for control frames (registration, heartbeats, discovery) and through
 //! lock-free load records; everything slow (SQLite, HTTP) runs on the admin thread started by
 //! [`start`].
 
+pub mod alerts;
 pub mod dashboard;
 pub mod hist;
 pub mod http;
@@ -56,6 +58,8 @@ pub struct Admin {
     pub hot: optimize::HotSubjects,
     /// The dashboard's live figures (a sample a second, last 15 minutes).
     pub live: dashboard::live::Live,
+    /// The alert engine.
+    pub alerts: alerts::Alerts,
     /// When the broker started.
     pub started: Instant,
     /// TLS handshakes that failed (client port and admin port): bad certificates, timeouts,
@@ -138,6 +142,7 @@ impl Admin {
             hist: hist::Histograms::default(),
             hot: optimize::HotSubjects::default(),
             live: dashboard::live::Live::default(),
+            alerts: alerts::Alerts::new(config.alerts.clone()),
             started: Instant::now(),
             tls_handshake_failures: std::sync::atomic::AtomicU64::new(0),
             started_ms: now_ms(),
@@ -488,6 +493,7 @@ async fn run(
     tokio::spawn(metrics::sampler(global.clone(), stop.clone()));
     tokio::spawn(dashboard::live::sampler(global.clone(), stop.clone()));
     tokio::spawn(rollout::watch(global.clone(), stop.clone()));
+    tokio::spawn(alerts::run(global.clone(), stop.clone()));
     if let Some(mut rx) = global.admin().jobs_rx.lock().take() {
         let g = global.clone();
         tokio::spawn(async move {

@@ -106,6 +106,26 @@ CREATE INDEX IF NOT EXISTS performance_metrics_by_name_time
     ON performance_metrics (metric_name, timestamp);
 ";
 
+/// The alert history (added after the first release: created when missing, like the rest).
+/// One row per firing, updated when it resolves.
+const ALERTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts_history (
+    id           INTEGER PRIMARY KEY,
+    rule         TEXT NOT NULL,
+    labels       TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('firing', 'resolved')),
+    value        REAL NOT NULL,
+    threshold    REAL NOT NULL,
+    summary      TEXT NOT NULL,
+    active_since INTEGER NOT NULL,
+    fired_at     INTEGER NOT NULL,
+    resolved_at  INTEGER NULL,
+    notified     INTEGER NOT NULL,
+    UNIQUE (rule, labels, fired_at)
+);
+CREATE INDEX IF NOT EXISTS alerts_history_by_time ON alerts_history (fired_at);
+";
+
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -775,6 +795,7 @@ impl ConfigStore {
             if create_schema {
                 conn.execute_batch(SCHEMA)?;
                 conn.execute_batch(rollouts::SCHEMA)?;
+                conn.execute_batch(ALERTS_SCHEMA)?;
             }
             Ok(mode)
         };
@@ -1341,6 +1362,78 @@ impl ConfigStore {
             conn: Mutex::new(conn),
             path: Some(path),
             location,
+        })
+    }
+}
+
+/// The alert history.
+impl ConfigStore {
+    /// Records firings and resolutions: a firing inserts a row, its resolution updates it
+    /// (same rule, labels and firing time).
+    pub fn record_alerts(&self, alerts: &[crate::admin::alerts::Alert]) -> Result<(), StoreError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.write("record_alerts", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO alerts_history (rule, labels, state, value, threshold, summary,
+                     active_since, fired_at, resolved_at, notified)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (rule, labels, fired_at) DO UPDATE SET state = excluded.state,
+                     value = excluded.value, summary = excluded.summary,
+                     resolved_at = excluded.resolved_at",
+            )?;
+            for a in alerts {
+                let labels = serde_json::to_string(&a.labels).unwrap_or_else(|_| "{}".into());
+                let value = if a.value.is_finite() { a.value } else { 0.0 };
+                stmt.execute(params![
+                    a.rule,
+                    labels,
+                    a.state,
+                    value,
+                    a.threshold,
+                    a.summary,
+                    ms(a.active_since_ms),
+                    ms(a.fired_ms),
+                    a.resolved_ms.map(ms),
+                    a.notified,
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stored alerts, newest firing first, at most `limit`, only `state` (`firing` or
+    /// `resolved`) if given.
+    pub fn alerts_history(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::admin::alerts::Alert>, StoreError> {
+        self.read("alerts_history", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT rule, labels, state, value, threshold, summary, active_since, fired_at,
+                        resolved_at, notified
+                 FROM alerts_history WHERE (?1 IS NULL OR state = ?1)
+                 ORDER BY fired_at DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![state, usize_limit(limit)], |r| {
+                let labels = parse_json("labels", &r.get::<_, String>(1)?)?;
+                Ok(crate::admin::alerts::Alert {
+                    rule: r.get(0)?,
+                    labels: serde_json::from_value(labels).unwrap_or_default(),
+                    state: r.get(2)?,
+                    value: r.get(3)?,
+                    threshold: r.get(4)?,
+                    summary: r.get(5)?,
+                    active_since_ms: r.get(6)?,
+                    fired_ms: r.get(7)?,
+                    resolved_ms: r.get(8)?,
+                    notified: r.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 }
@@ -2294,5 +2387,35 @@ mod tests {
         race(stores, 15);
         assert_eq!(check.current("svc", "dev").unwrap().version, 15);
         assert_eq!(check.history("svc", "dev", 100).unwrap().len(), 15);
+    }
+
+    #[test]
+    fn alert_history_round_trip() {
+        let s = ConfigStore::open_in_memory().expect("open");
+        let mut a = crate::admin::alerts::Alert {
+            rule: "component_latency".into(),
+            labels: [("component".to_owned(), "planner".to_owned())].into(),
+            state: "firing".into(),
+            value: 600.0,
+            threshold: 500.0,
+            summary: "slow".into(),
+            active_since_ms: 1,
+            fired_ms: 2,
+            resolved_ms: None,
+            notified: true,
+        };
+        s.record_alerts(std::slice::from_ref(&a)).expect("firing");
+        assert_eq!(
+            s.alerts_history(Some("firing"), 10).expect("read"),
+            vec![a.clone()]
+        );
+        a.state = "resolved".into();
+        a.resolved_ms = Some(3);
+        s.record_alerts(std::slice::from_ref(&a)).expect("resolved");
+        assert!(s
+            .alerts_history(Some("firing"), 10)
+            .expect("read")
+            .is_empty());
+        assert_eq!(s.alerts_history(None, 10).expect("read"), vec![a]);
     }
 }

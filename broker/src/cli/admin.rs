@@ -1,5 +1,5 @@
 //! The admin commands of `agentwire`: `status`, `components [NAME|--graph]`, `config
-//! get|set|history|rollback|promote`, `top`, `optimize`, `deployment`. Each is a call to the broker's HTTP admin API (`--admin
+//! get|set|history|rollback|promote|rollout`, `top`, `optimize`, `deployment`, `alerts`. Each is a call to the broker's HTTP admin API (`--admin
 //! ADDR`, default 127.0.0.1:8480, or `AGENTWIRE_ADMIN`), printed for a person or, with
 //! `--json`, as the API's JSON.
 
@@ -214,6 +214,22 @@ pub(crate) struct TopArgs {
     /// Stop after this many refreshes (default: until interrupted).
     #[arg(long)]
     iterations: Option<u64>,
+    #[command(flatten)]
+    t: AdminTarget,
+}
+
+/// `agentwire alerts`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AlertsArgs {
+    /// Also list the stored history (firings and resolutions, newest first).
+    #[arg(long)]
+    history: bool,
+    /// Only alerts in this state.
+    #[arg(long, value_parser = ["firing", "resolved"])]
+    state: Option<String>,
+    /// Most history rows.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
     #[command(flatten)]
     t: AdminTarget,
 }
@@ -690,6 +706,86 @@ pub(crate) fn optimize(t: AdminTarget) -> ExitCode {
     finish((|| {
         let v = call("POST", &t, "/api/v1/system/optimize", Some(json!({})))?;
         print_json(&v);
+        Ok(())
+    })())
+}
+
+fn alert_line(a: &Value) -> String {
+    let labels = a["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let age = |k: &str| {
+        a[k].as_u64()
+            .map(|ms| {
+                format!(
+                    "{}s ago",
+                    agentwire_broker::admin::now_ms().saturating_sub(ms) / 1000
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "{:<18} {:<40} {:<9} {:>12} {:>12} {}{}",
+        a["rule"].as_str().unwrap_or("?"),
+        labels,
+        a["state"].as_str().unwrap_or("?"),
+        age("fired_ms"),
+        age("resolved_ms"),
+        a["summary"].as_str().unwrap_or(""),
+        if a["notified"] == false {
+            " (cooldown: not notified)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `agentwire alerts`.
+pub(crate) fn alerts(a: AlertsArgs) -> ExitCode {
+    finish((|| {
+        let mut path = format!("/api/v1/alerts?limit={}", a.limit);
+        if let Some(s) = &a.state {
+            path.push_str(&format!("&state={s}"));
+        }
+        let v = call("GET", &a.t, &path, None)?;
+        if a.t.json {
+            print_json(&v);
+            return Ok(());
+        }
+        if v["enabled"] == false {
+            println!("the alert engine is off ([alerts] enabled = false)");
+        }
+        let head = format!(
+            "{:<18} {:<40} {:<9} {:>12} {:>12} SUMMARY",
+            "RULE", "LABELS", "STATE", "FIRED", "RESOLVED"
+        );
+        let firing = v["firing"].as_array().cloned().unwrap_or_default();
+        if a.state.as_deref() != Some("resolved") {
+            if firing.is_empty() {
+                println!("no alert firing");
+            } else {
+                println!("{head}");
+                for f in &firing {
+                    println!("{}", alert_line(f));
+                }
+            }
+        }
+        if a.history || a.state.as_deref() == Some("resolved") {
+            let h = v["history"].as_array().cloned().unwrap_or_default();
+            println!("\nhistory ({} shown, newest first):", h.len());
+            if !h.is_empty() {
+                println!("{head}");
+            }
+            for x in &h {
+                println!("{}", alert_line(x));
+            }
+        }
         Ok(())
     })())
 }

@@ -63,6 +63,8 @@ enum Command {
     Optimize(admin::AdminTarget),
     /// Version, build, uptime, shards, listeners, config versions (admin API).
     Deployment(admin::AdminTarget),
+    /// Firing alerts, or with --history the stored firings and resolutions (admin API).
+    Alerts(admin::AlertsArgs),
     /// Lame duck: stop accepting, move every client away over the window, exit (admin API).
     Drain(admin::AdminTarget),
     /// Check the web dashboard answers and print its address (open it in a browser).
@@ -116,6 +118,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Top(a) => admin::top(a),
         Command::Optimize(t) => admin::optimize(t),
         Command::Deployment(t) => admin::deployment(t),
+        Command::Alerts(a) => admin::alerts(a),
         Command::Drain(t) => admin::drain(t),
         Command::Dashboard(t) => admin::dashboard(t),
         Command::Reload(t) => admin::reload(t),

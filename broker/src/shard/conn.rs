@@ -815,7 +815,8 @@ fn route(
         if n == 0 {
             continue;
         }
-        if by_load && n > 1 {
+        // A request is tracked (round trip per component, load) even to a lone member.
+        if by_load && (n > 1 || request) {
             let (i, tracked) = if request {
                 shard.choose_member(&g.members, true)
             } else {

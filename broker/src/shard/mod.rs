@@ -232,6 +232,7 @@ impl Global {
             old.listen_backlog != config.listen_backlog,
         );
         changed("admin", old.admin != config.admin);
+        changed("alerts", old.alerts != config.alerts);
         changed("read_buffer", old.read_buffer != config.read_buffer);
         changed(
             "cross_shard_queue",
@@ -492,12 +493,17 @@ impl Shard {
     /// Picks a queue-group member by load: two distinct members at random, the lower
     /// [`ConnLoad::score`] wins; unhealthy members lose to healthy ones. For a `request`, the
     /// winner's outstanding count goes up (its next publish is taken as the reply). Returns
-    /// the index and whether the request is tracked. `members` has at least two entries.
+    /// the index and whether the request is tracked. `members` is not empty (a lone member is
+    /// chosen, and a request to it tracked).
     pub fn choose_member(&self, members: &[SubTarget], request: bool) -> (usize, bool) {
         let n = members.len();
-        let r = self.next_rand();
-        let a = (r % n as u64) as usize;
-        let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+        let (a, b) = if n < 2 {
+            (0, 0)
+        } else {
+            let r = self.next_rand();
+            let a = (r % n as u64) as usize;
+            (a, (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n)
+        };
         self.cache_loads([members[a].conn, members[b].conn]);
         let cache = self.load_cache.borrow();
         let la = cache.get(&members[a].conn);

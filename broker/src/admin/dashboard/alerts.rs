@@ -1,7 +1,6 @@
-//! The alerts page (`/alerts`): firing alerts, resolved ones and the history, from the alert
-//! engine's JSON (the same document as `GET /api/v1/alerts`). The page reads it through
-//! [`alerts_json`], the one place to wire the engine in; until then it says there is no alert
-//! engine. Updates live.
+//! The alerts page (`/alerts`): firing alerts, recently resolved ones and the rules, from the
+//! alert engine's snapshot (the in-memory part of `GET /api/v1/alerts`; the stored history is
+//! in the API and `agentwire alerts --history`). Updates live.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,14 +13,14 @@ use super::{json_table, layout, respond, Access, AppState, Nav};
 use crate::admin::DataPlane;
 use crate::config::AdminRole;
 
-/// The alert engine's current document (`{"firing": [...], "resolved": [...], "history":
-/// [...]}`, the shape of `GET /api/v1/alerts`), or `None` when this build has no alert engine.
-///
-/// To wire the engine in, return its JSON here, e.g.
-/// `Some(crate::admin::alerts::api_json(g))`.
+/// The alert engine's snapshot as JSON (`{"enabled", "firing": [...], "resolved": [...],
+/// "rules": [...]}`), or `None` when the engine is turned off (`alerts.enabled = false`).
 pub fn alerts_json(g: &dyn DataPlane) -> Option<Value> {
-    let _ = g;
-    None
+    let view = g.admin().alerts.snapshot();
+    if !view.enabled {
+        return None;
+    }
+    serde_json::to_value(view).ok()
 }
 
 /// `GET /alerts`.
@@ -54,7 +53,7 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 pub fn render(doc: Option<&Value>) -> Markup {
     let Some(doc) = doc else {
         return html! {
-            p.note #no-alert-engine { "No alert engine in this build: no alert rules are evaluated." }
+            p.note #no-alert-engine { "The alert engine is off (alerts.enabled = false): no alert rules are evaluated." }
         };
     };
     let firing = list(doc, "firing");
@@ -67,8 +66,15 @@ pub fn render(doc: Option<&Value>) -> Markup {
             h2 { "Resolved" }
             (json_table(resolved, "resolved"))
         }
-        h2 { "History" }
-        @if history.is_empty() { p.note { "No alert yet." } } @else { (json_table(history, "alert-history")) }
+        @if doc.get("history").is_some() {
+            h2 { "History" }
+            @if history.is_empty() { p.note { "No alert yet." } } @else { (json_table(history, "alert-history")) }
+        }
+        @let rules = list(doc, "rules");
+        @if !rules.is_empty() {
+            h2 { "Rules" }
+            (json_table(rules, "alert-rules"))
+        }
     }
 }
 
