@@ -30,6 +30,10 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
+# The deployment files in ops/: promtool, Kubernetes schemas, compose schema, systemd unit
+# (ops/check.sh installs its Python tools into a venv under ~/.cache when missing).
+ops/check.sh
+
 # soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
 # builds it for the broker's own tests, this makes sure of it when only some packages are tested.
 cargo build -p agentwire-broker --bin agentwire
