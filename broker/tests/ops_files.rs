@@ -4,6 +4,9 @@
 //! `/metrics` of a real broker that has seen traffic, requests to a registered component, a
 //! config change, a protocol error and stamped messages.
 //!
+//! The broker config files in `ops/` (compose, the Kubernetes ConfigMap) load and validate, and
+//! the Kubernetes and systemd stop timeouts cover the lame-duck window.
+//!
 //! Metrics another change is adding are listed in [`PENDING_METRICS`]: they may be missing,
 //! and the test fails once they appear so that the list is emptied.
 
@@ -350,4 +353,63 @@ async fn every_metric_named_in_ops_is_exported() {
             "{p} is pending but ops/ does not use it"
         );
     }
+}
+
+/// The TOML embedded in `ops/k8s/configmap.yaml` under `agentwire.toml: |`.
+fn configmap_toml() -> String {
+    let yaml = read("ops/k8s/configmap.yaml");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "agentwire.toml: |");
+    let key = lines
+        .next()
+        .expect("configmap.yaml has an agentwire.toml key");
+    let indent = key.len() - key.trim_start().len();
+    lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .map(|l| l.get(indent + 2..).unwrap_or("").to_owned() + "\n")
+        .collect()
+}
+
+/// The broker config files shipped in `ops/` load and validate as the broker would, and the
+/// Kubernetes grace period covers the lame-duck window plus the shutdown grace.
+#[test]
+fn deployment_configs_load_and_grace_covers_lame_duck() {
+    let compose = Config::from_file(&repo_root().join("ops/compose/agentwire.toml"))
+        .expect("ops/compose/agentwire.toml loads");
+    compose
+        .validate()
+        .expect("ops/compose/agentwire.toml validates");
+
+    let dir = temp_dir();
+    let file = dir.join("agentwire.toml");
+    std::fs::write(&file, configmap_toml()).expect("write the ConfigMap's TOML");
+    let k8s = Config::from_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    let k8s = k8s.expect("the ConfigMap's agentwire.toml loads");
+    k8s.validate()
+        .expect("the ConfigMap's agentwire.toml validates");
+    assert!(k8s.admin.data_dir.is_some(), "the data dir is on the PVC");
+
+    let sts = read("ops/k8s/statefulset.yaml");
+    let grace_s: u64 = sts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("statefulset.yaml sets terminationGracePeriodSeconds");
+    let needed_ms = k8s.lameduck_window_ms + k8s.shutdown_grace_ms;
+    assert!(
+        grace_s * 1000 > needed_ms,
+        "terminationGracePeriodSeconds ({grace_s} s) must exceed lameduck_window_ms + \
+         shutdown_grace_ms ({needed_ms} ms)"
+    );
+    let unit = read("ops/systemd/agentwire.service");
+    let stop_s: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the unit sets TimeoutStopSec");
+    let defaults = Config::default();
+    assert!(
+        stop_s * 1000 > defaults.lameduck_window_ms + defaults.shutdown_grace_ms,
+        "TimeoutStopSec ({stop_s} s) must exceed the default lame-duck window + shutdown grace"
+    );
 }
