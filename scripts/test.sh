@@ -49,6 +49,9 @@ fi
 if [ ! -d broker/tests/browser/node_modules/playwright-core ]; then
     (cd broker/tests/browser && npm ci --no-audit --no-fund)
 fi
+# The deployment files in ops/: promtool, Kubernetes schemas, compose schema, systemd unit
+# (ops/check.sh installs its Python tools into a venv under ~/.cache when missing).
+ops/check.sh
 
 # soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
 # builds it for the broker's own tests, this makes sure of it when only some packages are tested.

@@ -68,6 +68,7 @@ fn record_all(global: &dyn DataPlane) {
             .tls_handshake_failures
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    record_process(global);
     let mut per_component: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for i in admin.registry.list("", "", true) {
         let e = per_component.entry(i.component).or_default();
@@ -123,6 +124,30 @@ fn record_all(global: &dyn DataPlane) {
         }
         gauge!("agentwire_request_round_trip_microseconds_count", "component" => c)
             .set(p.count as f64);
+    }
+}
+
+/// CPU, memory and data-dir disk figures ([`super::process`]); unavailable ones are left out.
+fn record_process(global: &dyn DataPlane) {
+    use metrics::gauge;
+    let p = super::process::read(global.config().admin.data_dir.as_deref());
+    gauge!("agentwire_process_cpu_cores").set(p.cpu_cores);
+    let figures = [
+        ("agentwire_process_cpu_ratio", p.cpu_ratio),
+        (
+            "agentwire_process_resident_memory_bytes",
+            p.resident_memory_bytes,
+        ),
+        ("agentwire_process_memory_limit_bytes", p.memory_limit_bytes),
+        (
+            "agentwire_data_dir_disk_used_ratio",
+            p.data_dir_disk_used_ratio,
+        ),
+    ];
+    for (name, v) in figures {
+        if let Some(v) = v {
+            gauge!(name).set(v);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod optimize;
+pub mod process;
 pub mod registry;
 pub mod rollout;
 pub mod store;

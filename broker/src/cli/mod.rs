@@ -1,13 +1,14 @@
 //! Command-line interface of `agentwire`: flag parsing, logging set-up, and one module per
 //! family of commands (`serve`; the client tools `pub`, `sub`, `req`, `reply`; the admin
 //! commands `status`, `components`, `config`, `top`, `optimize`, `deployment`, `drain`; the key
-//! tools `keygen`, `hash-token`).
+//! tools `keygen`, `hash-token`; the data-dir tools `backup`, `restore`).
 //!
 //! Exit codes: 0 success, 1 runtime failure (cannot connect, server error, timeout), 2 usage
 //! error (bad flags, invalid subject, unreadable config).
 
 mod admin;
 mod agent;
+mod backup;
 mod keys;
 mod rollout;
 mod serve;
@@ -77,6 +78,10 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// Print the argon2 hash of the token read from stdin (for `[[users]] token_hash`).
     HashToken(keys::HashTokenArgs),
+    /// Copy the data dir's database to OUT, consistent, while the broker runs (no admin API).
+    Backup(backup::BackupArgs),
+    /// Put a backup in place as the data dir's database; the broker must be stopped.
+    Restore(backup::RestoreArgs),
 }
 
 /// Default server address for the client tools.
@@ -128,6 +133,8 @@ pub(crate) fn main() -> ExitCode {
             agent::run(a)
         }
         Command::HashToken(a) => keys::hash_token(a),
+        Command::Backup(a) => backup::backup(a),
+        Command::Restore(a) => backup::restore(a),
         cmd => {
             init_logging(cli.log_format, "warn");
             tools::run(cmd)
