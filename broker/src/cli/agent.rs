@@ -68,12 +68,16 @@ pub(crate) struct AgentArgs {
     auth: AuthFlags,
     #[command(flatten)]
     tls: TlsFlags,
-    /// Environment the instances register in (their config set).
-    #[arg(long, visible_alias = "env", default_value = "default")]
-    environment: String,
-    /// Version the instances declare.
-    #[arg(long = "version", id = "agent_version", default_value = "sim-1.0")]
+    /// Environment the instances register in (their config set); default: the broker's.
+    #[arg(long, visible_alias = "env", env = "AGENTWIRE_ENVIRONMENT")]
+    environment: Option<String>,
+    /// Version the instances declare (semver, checked against dependents' ranges).
+    #[arg(long = "version", id = "agent_version", default_value = "1.0.0")]
     agent_version: String,
+    /// Components the instances depend on, each `NAME` or `NAME@RANGE` (e.g. `memory@^1.2`);
+    /// repeat or separate with commas.
+    #[arg(long = "depends-on", value_delimiter = ',')]
+    depends_on: Vec<String>,
     /// Requests per second this process sends to NAME.work in total (0: none).
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
@@ -277,7 +281,8 @@ async fn start_instance(a: &AgentArgs, i: u32) -> Result<Arc<Instance>, Failure>
             component: a.component.clone(),
             instance_id: id.clone(),
             version: a.agent_version.clone(),
-            environment: a.environment.clone(),
+            environment: a.environment.clone().unwrap_or_default(),
+            depends_on: a.depends_on.clone(),
             capabilities: vec!["simulated".into()],
             subjects: vec![format!("{}.>", a.component)],
             metadata: vec![("simulator".into(), "agentwire agent".into())],
@@ -563,7 +568,7 @@ async fn simulate(a: AgentArgs) -> Result<(), Failure> {
         "{} instance(s) of {} [{}] registered ({}-0..{}-{}); serving {}.> in queue group {}; load {} req/s to {}.work",
         insts.len(),
         a.component,
-        a.environment,
+        a.environment.as_deref().unwrap_or("the broker's default environment"),
         a.component,
         a.component,
         a.instances - 1,
