@@ -18,22 +18,12 @@ use common::{eventually, Raw, WAIT};
 use serde_json::{json, Value};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "agentwire-admin-test-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    common::temp_dir(&format!("admin-test-{tag}"))
 }
 
 fn admin_config(data_dir: Option<PathBuf>) -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
+    let mut c = common::admin_config(50);
     c.admin.data_dir = data_dir;
-    c.admin.heartbeat_ms = 50;
     c.admin.unhealthy_after = 3;
     c.admin.remove_after = 6;
     c
@@ -46,35 +36,14 @@ impl Api {
         Api(h.admin_addr().expect("admin API configured"))
     }
 
-    /// Blocking HTTP call (run from `spawn_blocking` in async tests): status and JSON body.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.0);
-        let req = ureq::request(method, &url).set("Content-Type", "application/json");
-        let r = match body {
-            Some(b) => req.send_string(b),
-            None => req.call(),
-        };
-        let resp = match r {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let text = resp.into_string().expect("body");
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
+    /// HTTP call on a blocking thread: status and JSON body.
     async fn acall(
         &self,
         method: &'static str,
         path: String,
         body: Option<String>,
     ) -> (u16, Value) {
-        let a = Api(self.0);
-        tokio::task::spawn_blocking(move || a.call(method, &path, body.as_deref()))
-            .await
-            .expect("http task")
+        common::ahttp_json(self.0, method, &path, body, None).await
     }
 }
 

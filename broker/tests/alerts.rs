@@ -20,25 +20,8 @@ use serde_json::{json, Value};
 /// A generous bound for things that take a few evaluation windows.
 const SLOW: Duration = Duration::from_secs(45);
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{addr}{path}");
-    let req = ureq::request(method, &url).timeout(Duration::from_secs(10));
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
+/// The bound on one admin API call.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn ahttp(
     addr: SocketAddr,
@@ -46,10 +29,8 @@ async fn ahttp(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || http(addr, method, &path, body))
-        .await
-        .expect("http task")
+    let body = body.map(|b| b.to_string());
+    common::ahttp_json(addr, method, path, body, Some(HTTP_TIMEOUT)).await
 }
 
 /// A webhook receiver: answers 500 to the first POST and 200 to the others; every body read
@@ -95,9 +76,7 @@ fn webhook_receiver(max: usize) -> (SocketAddr, mpsc::Receiver<(u16, Value)>) {
 }
 
 fn config(webhook: SocketAddr) -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
-    c.admin.heartbeat_ms = 200;
+    let mut c = common::admin_config(200);
     let mut a: AlertsConfig = toml::from_str(
         "eval_interval_ms = 200\nwindow_s = 5\nmin_samples = 3\n\
          [component_latency]\nfor_s = 1\n\

@@ -1,18 +1,14 @@
 //! The `agentwire` binary end to end: `serve` on a loopback port, the client tools against it,
 //! their exit codes and messages, and a clean exit 0 on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
-
-/// A port that was free a moment ago on 127.0.0.1.
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
+use common::{free_addr, text, BIN};
 
 struct Broker {
     child: Child,
@@ -244,14 +240,6 @@ fn admin_tool(args: &[&str], admin: SocketAddr) -> Output {
         .args(["--admin", &admin.to_string()])
         .output()
         .expect("run agentwire admin command")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -24,10 +24,8 @@ const OPERATOR: &str = "operator-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
 
 fn dash_config(tokens: bool) -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
+    let mut c = common::admin_config(200);
     c.admin.data_dir = None;
-    c.admin.heartbeat_ms = 200;
     if tokens {
         c.admin.tokens = vec![
             AdminToken {

@@ -3,21 +3,17 @@
 //! database open; after a stop, restore puts the backup in place (keeping the replaced file)
 //! and a restarted broker serves the backed-up versions. Loopback ports, bounded waits.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
+use common::{free_addr, text, BIN};
 
 /// How long the broker gets to start or to stop.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-}
 
 struct Broker {
     child: Child,
@@ -79,24 +75,8 @@ fn run(args: &[&str]) -> Output {
         .expect("run agentwire")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "agentwire-ops-backup-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    common::temp_dir("ops-backup-test")
 }
 
 #[test]

@@ -185,22 +185,12 @@ fn used_metrics() -> Vec<(String, &'static str)> {
 }
 
 fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "agentwire-ops-files-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    common::temp_dir("ops-files-test")
 }
 
 fn config(data_dir: PathBuf) -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
+    let mut c = common::admin_config(100);
     c.admin.data_dir = Some(data_dir);
-    c.admin.heartbeat_ms = 100;
     c
 }
 

@@ -20,29 +20,7 @@ use serde_json::{json, Value};
 const LONG_WAIT: Duration = Duration::from_secs(30);
 
 fn config() -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
-    c.admin.heartbeat_ms = 100;
-    c.admin.unhealthy_after = 5;
-    c.admin.remove_after = 50;
-    c
-}
-
-fn call(admin: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("http://{admin}{path}");
-    let req = ureq::request(method, &url).set("Content-Type", "application/json");
-    let r = match body {
-        Some(b) => req.send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let v = resp.into_json().unwrap_or(Value::Null);
-    (status, v)
+    common::admin_config_lasting()
 }
 
 async fn acall(
@@ -51,10 +29,7 @@ async fn acall(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || call(admin, method, &path, body))
-        .await
-        .expect("http task")
+    common::ahttp_json(admin, method, path, body.map(|b| b.to_string()), None).await
 }
 
 /// Every (version, values) an instance received, by instance id.

@@ -3,18 +3,15 @@
 //! --canary 1 --bake 10 --wait` is rolled back by itself within 30 s and only one instance ever
 //! applied it, and `latency_ms=1` with the same flags reaches all four.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
+use common::{free_addr, BIN};
 
 /// A child process killed (and its data dir removed) on drop.
 struct Proc {
@@ -64,12 +61,7 @@ fn config_set(admin: SocketAddr, args: &[&str]) -> (bool, String, Duration) {
         ])
         .output()
         .expect("run agentwire config set");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text, t0.elapsed())
+    (o.status.success(), common::text(&o), t0.elapsed())
 }
 
 #[test]

@@ -6,26 +6,17 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use agentwire_broker::{Config, ServerHandle};
+use agentwire_broker::ServerHandle;
 use agentwire_client::{Client, ConnectOptions, Membership, Registration};
-use common::WAIT;
+use common::{admin_config_lasting as admin_config, free_addr, text, BIN, WAIT};
 use serde_json::{json, Value};
 
 /// Generous bound for anything the broker should show soon (slow, shared machines).
 const POLL: Duration = Duration::from_secs(30);
-
-fn admin_config() -> Config {
-    let mut c = common::config(2);
-    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
-    c.admin.heartbeat_ms = 100;
-    c.admin.unhealthy_after = 5;
-    c.admin.remove_after = 50;
-    c
-}
 
 #[derive(Clone, Copy)]
 struct Api(SocketAddr);
@@ -35,39 +26,13 @@ impl Api {
         Api(h.admin_addr().expect("admin API configured"))
     }
 
-    fn call(self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let url = format!("http://{}{path}", self.0);
-        let req = ureq::request(method, &url)
-            .set("Content-Type", "application/json")
-            .timeout(Duration::from_secs(10));
-        let r = match body {
-            Some(b) => req.send_string(b),
-            None => req.call(),
-        };
-        let resp = match r {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let text = resp.into_string().expect("body");
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
     async fn get(self, path: &str) -> (u16, Value) {
-        let p = path.to_owned();
-        tokio::task::spawn_blocking(move || self.call("GET", &p, None))
-            .await
-            .expect("http task")
+        common::ahttp_json(self.0, "GET", path, None, Some(Duration::from_secs(10))).await
     }
 
     async fn send(self, method: &'static str, path: &str, body: Value) -> (u16, Value) {
-        let p = path.to_owned();
-        let b = body.to_string();
-        tokio::task::spawn_blocking(move || self.call(method, &p, Some(&b)))
-            .await
-            .expect("http task")
+        let b = Some(body.to_string());
+        common::ahttp_json(self.0, method, path, b, Some(Duration::from_secs(10))).await
     }
 
     /// GETs `path` until `ok` holds (at most [`POLL`]); returns the last body.
@@ -474,13 +439,6 @@ async fn promote_needs_an_operator_token() {
 // ----------------------------------------------------------------------------------------------
 // Through the `agentwire` binary.
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
-}
-
 struct Served {
     child: Child,
     addr: SocketAddr,
@@ -539,14 +497,6 @@ impl Drop for Served {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -1,14 +1,18 @@
-//! Shared helpers for the broker's integration tests: start a real broker on 127.0.0.1:0, and a
-//! raw protocol client for sending exactly the bytes a test wants (bad input included).
+//! Shared helpers for the broker's integration tests: start a real broker on 127.0.0.1:0, a
+//! raw protocol client for sending exactly the bytes a test wants (bad input included), JSON
+//! calls on the admin API, temporary directories, and running the `agentwire` binary.
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::Duration;
 
 use agentwire_broker::{Config, ServerHandle};
 use agentwire_protocol::{self as proto, Frame, HelloFrame};
 use bytes::{Buf, BytesMut};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,6 +27,98 @@ pub fn config(shards: usize) -> Config {
         shutdown_grace_ms: 1000,
         ..Config::default()
     }
+}
+
+/// A test config with the admin API on an ephemeral loopback port and heartbeats every
+/// `heartbeat_ms`.
+pub fn admin_config(heartbeat_ms: u32) -> Config {
+    let mut c = config(2);
+    c.admin.listen = Some("127.0.0.1:0".parse().expect("literal"));
+    c.admin.heartbeat_ms = heartbeat_ms;
+    c
+}
+
+/// [`admin_config`] with 100 ms heartbeats, unhealthy after 5 missed and removed only after 50,
+/// so that instances stay listed through slow moments on shared machines.
+pub fn admin_config_lasting() -> Config {
+    let mut c = admin_config(100);
+    c.admin.unhealthy_after = 5;
+    c.admin.remove_after = 50;
+    c
+}
+
+/// The `agentwire` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+/// A process's stdout followed by its stderr, as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A new directory `agentwire-{name}-{pid}-{nanos}` under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "agentwire-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Blocking HTTP call with a JSON body (run from `spawn_blocking` in async tests): the status
+/// and the JSON answer (a string when the answer is not JSON). `timeout` bounds the whole call.
+pub fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Option<Duration>,
+) -> (u16, Value) {
+    let url = format!("http://{addr}{path}");
+    let mut req = ureq::request(method, &url).set("Content-Type", "application/json");
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    let r = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+/// [`http_json`] from async tests, on a blocking thread.
+pub async fn ahttp_json(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &str,
+    body: Option<String>,
+    timeout: Option<Duration>,
+) -> (u16, Value) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_json(addr, method, &path, body.as_deref(), timeout))
+        .await
+        .expect("http task")
 }
 
 /// Starts a broker with `cfg`.
