@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,15 +36,9 @@ impl Broker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agentwire serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
         // The client port listens first; the admin API binds after the data dir is open.
-        while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not start listening on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("broker did not start listening on {addr}");
+        common::wait_listening(&[addr, admin], Duration::from_secs(10), &what);
         Broker {
             child,
             addr,
@@ -54,22 +48,15 @@ impl Broker {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
+        common::signal(&self.child, sig);
     }
 
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "broker did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_exit(
+            &mut self.child,
+            Duration::from_secs(15),
+            "broker did not exit",
+        )
     }
 }
 
@@ -446,12 +433,9 @@ fn serve_on(addr: SocketAddr, admin: Option<SocketAddr>, data_dir: &std::path::P
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn agentwire serve");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() || admin.is_some_and(|a| TcpStream::connect(a).is_err())
-    {
-        assert!(Instant::now() < deadline, "broker did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addrs: Vec<SocketAddr> = std::iter::once(addr).chain(admin).collect();
+    let what = format!("broker did not start on {addr}");
+    common::wait_listening(&addrs, Duration::from_secs(10), &what);
     child
 }
 
@@ -655,11 +639,11 @@ fn users_tokens_keys_reload_and_no_secret_in_the_logs() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn agentwire serve");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_listening(
+        &[addr, admin],
+        Duration::from_secs(10),
+        "broker did not start",
+    );
 
     // No token: refused, exit 1, and the message says why.
     let o = tool(&["pub", "tasks.a", "x"], addr);

@@ -90,11 +90,7 @@ fn serve(
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_listening(&[admin], Duration::from_secs(10), "broker did not start");
     (child, addr, admin)
 }
 

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{free_addr, text, BIN};
 
@@ -33,30 +33,15 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn agentwire serve");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(admin).is_err() {
-            assert!(Instant::now() < deadline, "the admin API did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_listening(&[admin], WAIT, "the admin API did not listen");
         Broker { child, admin }
     }
 
     /// SIGTERM, then waits for the exit.
     fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                assert!(s.success(), "{s}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "the broker did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::signal(&self.child, "TERM");
+        let s = common::wait_exit(&mut self.child, WAIT, "the broker did not exit");
+        assert!(s.success(), "{s}");
     }
 }
 

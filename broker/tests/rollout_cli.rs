@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,11 +90,11 @@ fn canary_rollback_and_promotion_with_the_cli_alone() {
             .expect("spawn agentwire serve"),
         dir: Some(dir),
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_listening(
+        &[addr, admin],
+        Duration::from_secs(20),
+        "broker did not start",
+    );
     let mut agent = Proc {
         child: Command::new(BIN)
             .args(["agent", "--component", "planner", "--instances", "4"])
@@ -160,19 +160,12 @@ fn canary_rollback_and_promotion_with_the_cli_alone() {
     );
 
     // Ctrl-C: the agent deregisters and exits 0.
-    let ok = Command::new("kill")
-        .args(["-INT", &agent.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = agent.child.try_wait().expect("try_wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "agent did not exit on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    common::signal(&agent.child, "INT");
+    let status = common::wait_exit(
+        &mut agent.child,
+        Duration::from_secs(20),
+        "agent did not exit on SIGINT",
+    );
     assert!(status.success(), "{status:?}");
     let _ = reader.join();
     assert!(lines_of(&out)

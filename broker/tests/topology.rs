@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -465,11 +465,8 @@ impl Served {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn agentwire serve");
-        let deadline = Instant::now() + POLL;
-        while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("broker did not start on {addr}");
+        common::wait_listening(&[addr, admin], POLL, &what);
         Served {
             child,
             addr,

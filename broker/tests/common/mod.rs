@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::Duration;
 
 use agentwire_broker::{Config, ServerHandle};
@@ -54,6 +54,40 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_agentwire");
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr")
+}
+
+/// Waits until every one of `addrs` accepts TCP connections; panics with `what` after
+/// `within`.
+pub fn wait_listening(addrs: &[SocketAddr], within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect(a).is_err())
+    {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends signal `sig` (`TERM`, `INT`, ...) to `child` with kill(1).
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success());
+}
+
+/// Waits for `child` to exit and returns its status; panics with `what` after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A process's stdout followed by its stderr, as text.
