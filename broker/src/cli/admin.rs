@@ -317,14 +317,7 @@ pub(crate) fn status(t: AdminTarget) -> ExitCode {
                 c["healthy_instances"],
                 c["instances"],
                 c["health_score"],
-                c["versions"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(","))
-                    .unwrap_or_default()
+                join_strs(&c["versions"], ",")
             );
             print_dependency_problems(&c);
         }
@@ -332,18 +325,22 @@ pub(crate) fn status(t: AdminTarget) -> ExitCode {
     })())
 }
 
+/// The strings in the JSON array `v`, joined with `sep` (empty when `v` is not an array).
+pub(super) fn join_strs(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+        .unwrap_or_default()
+}
+
 /// One line per unmet dependency of a component (`status` and `components` output).
 fn print_dependency_problems(c: &Value) {
     for p in c["dependency_problems"].as_array().into_iter().flatten() {
-        let found = p["found_versions"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let found = join_strs(&p["found_versions"], ",");
         println!(
             "  ! depends on {} {} [{}]: {}{}",
             p["dependency"].as_str().unwrap_or("?"),
@@ -401,15 +398,7 @@ pub(crate) fn components(a: ComponentsArgs) -> ExitCode {
         }
         print_instances(&v["instances"].as_array().cloned().unwrap_or_default());
         if a.name.is_some() {
-            let deps = v["depends_on"]
-                .as_array()
-                .map(|d| {
-                    d.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
+            let deps = join_strs(&v["depends_on"], " ");
             println!(
                 "status {}{}{}",
                 v["status"].as_str().unwrap_or("?"),
@@ -461,14 +450,7 @@ fn print_graph(v: &Value) {
             "{:<24} {:<10} {}",
             n["component"].as_str().unwrap_or("?"),
             n["status"].as_str().unwrap_or("?"),
-            n["versions"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default()
+            join_strs(&n["versions"], ",")
         );
     }
     for e in v["edges"].as_array().into_iter().flatten() {

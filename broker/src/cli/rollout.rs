@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::admin::{call, enc, finish, print_json, AdminTarget, Failure};
+use super::admin::{call, enc, finish, join_strs, print_json, AdminTarget, Failure};
 use super::EXIT_FAILURE;
 
 /// The staging flags of `agentwire config set`.
@@ -77,15 +77,7 @@ fn canary_json(c: &str) -> Value {
 }
 
 fn canaries_text(r: &Value) -> String {
-    r["canaries"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
+    join_strs(&r["canaries"], ",")
 }
 
 /// One line about a rollout record.
