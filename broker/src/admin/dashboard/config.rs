@@ -282,6 +282,17 @@ struct Notice {
     changes: Option<String>,
 }
 
+impl Notice {
+    /// An error notice with `status` and no form text to put back.
+    fn error(status: StatusCode, msg: impl Into<String>) -> Notice {
+        Notice {
+            status: Some(status),
+            error: Some(msg.into()),
+            changes: None,
+        }
+    }
+}
+
 /// `GET /config/{name}`.
 pub async fn detail_page(
     State(g): State<AppState>,
@@ -484,11 +495,7 @@ pub(crate) async fn edit(
 ) -> Response {
     let access = Access::of(role);
     let Ok(Form(f)) = form else {
-        let n = Notice {
-            status: Some(StatusCode::BAD_REQUEST),
-            error: Some("malformed form".into()),
-            changes: None,
-        };
+        let n = Notice::error(StatusCode::BAD_REQUEST, "malformed form");
         return detail_render(g, name, DetailQuery::default(), access, n).await;
     };
     let env = env_or_default(&g, &f.environment);
@@ -557,11 +564,10 @@ pub(crate) async fn rollback(
 ) -> Response {
     let access = Access::of(role);
     let Ok(Form(f)) = form else {
-        let n = Notice {
-            status: Some(StatusCode::BAD_REQUEST),
-            error: Some("malformed rollback form (needs a version number)".into()),
-            changes: None,
-        };
+        let n = Notice::error(
+            StatusCode::BAD_REQUEST,
+            "malformed rollback form (needs a version number)",
+        );
         return detail_render(g, name, DetailQuery::default(), access, n).await;
     };
     let env = env_or_default(&g, &f.environment);
@@ -580,11 +586,7 @@ pub(crate) async fn rollback(
                 env: Some(env),
                 ..DetailQuery::default()
             };
-            let n = Notice {
-                status: Some(status_of(&e)),
-                error: Some(e.to_string()),
-                changes: None,
-            };
+            let n = Notice::error(status_of(&e), e.to_string());
             detail_render(g, name, q, access, n).await
         }
     }
