@@ -170,6 +170,12 @@ fn by_id(tx: &Transaction<'_>, id: u64) -> rusqlite::Result<Option<RolloutRecord
         .optional()
 }
 
+/// Rollout `id`, just written in `tx`: its absence is a storage error.
+fn written(tx: &Transaction<'_>, id: u64) -> Result<RolloutRecord, Failure> {
+    by_id(tx, id)?
+        .ok_or_else(|| Failure::Store(StoreError::Storage(format!("rollout {id} vanished"))))
+}
+
 fn in_progress(r: &RolloutRecord) -> StoreError {
     StoreError::RolloutInProgress {
         id: r.id,
@@ -233,10 +239,7 @@ impl ConfigStore {
                 by
             ])?;
             let id = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-            let record = by_id(tx, id)?.ok_or_else(|| {
-                Failure::Store(StoreError::Storage(format!("rollout {id} vanished")))
-            })?;
-            Ok((snap, record))
+            Ok((snap, written(tx, id)?))
         })
     }
 
@@ -302,10 +305,7 @@ impl ConfigStore {
                 by,
                 restored.as_ref().map(|s| s.version)
             ])?;
-            let record = by_id(tx, id)?.ok_or_else(|| {
-                Failure::Store(StoreError::Storage(format!("rollout {id} vanished")))
-            })?;
-            Ok((restored, record))
+            Ok((restored, written(tx, id)?))
         })
     }
 
