@@ -84,8 +84,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn renders_an_engine_document_or_says_there_is_none() {
-        assert!(render(None).into_string().contains("No alert engine"));
+    fn renders_an_engine_document_or_says_it_is_off() {
+        assert!(render(None)
+            .into_string()
+            .contains("The alert engine is off"));
         let m = render(Some(&json!({
             "firing": [{"rule": "latency_p95", "component": "planner", "value": 612}],
             "history": [],
@@ -93,5 +95,17 @@ mod tests {
         .into_string();
         assert!(m.contains("latency_p95") && m.contains("planner"), "{m}");
         assert!(m.contains("<span id=\"firing-count\">1</span>"), "{m}");
+        // Rules are listed; no history section unless the document has one.
+        let m = render(Some(&json!({
+            "firing": [],
+            "resolved": [],
+            "rules": [{"rule": "component_latency", "threshold": 500.0}],
+        })))
+        .into_string();
+        assert!(
+            m.contains("alert-rules") && m.contains("component_latency"),
+            "{m}"
+        );
+        assert!(!m.contains("History"), "{m}");
     }
 }
