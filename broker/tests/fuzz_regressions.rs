@@ -10,16 +10,20 @@
 //! - DISCOVERED (the answer to DISCOVER) lists every matching instance with its metadata, so
 //!   registrations that each fit the limit make an answer over it, and the asking client
 //!   closes its connection.
+//! - HEARTBEAT carries cumulative request and error totals chosen by the client; the broker
+//!   added their increases to per-component sums with `+`, so counters near `u64::MAX` (or a
+//!   "reset" right after them) overflowed: a panic on the shard thread in debug builds, a
+//!   wrapped total in release.
 
 // Fixed: events over `max_payload` are sent without their client-chosen lists, flagged
 // `"truncated": true`; DISCOVERED over it leaves metadata out, then cuts the list, flagged
-// `truncated`.
+// `truncated`. The request sums saturate.
 
 mod common;
 
 use std::os::unix::net::UnixStream as StdUnix;
 
-use agentwire_protocol::control::{encode_control, Discover, Registration};
+use agentwire_protocol::control::{encode_control, Discover, Heartbeat, Registration};
 use agentwire_protocol::{self as proto, Frame, HelloFrame, FRAME_OVERHEAD_ALLOWANCE};
 use bytes::{Buf, BytesMut};
 use common::WAIT;
@@ -204,4 +208,43 @@ async fn discovered_stays_within_the_frame_limit() {
             return;
         }
     }
+}
+
+/// Found by a 2-minute run after heartbeats gained request totals: a HEARTBEAT with totals near
+/// `u64::MAX` after another overflowed the component's sum on the shard thread. Now the sums
+/// saturate, and the connection (and shard) keep answering.
+#[tokio::test]
+async fn hostile_request_totals_do_not_overflow() {
+    let h = common::start(common::config(1));
+    let mut c = Attached::open(&h).await;
+    let mut b = BytesMut::new();
+    encode_control(
+        &mut b,
+        &Registration {
+            component: "svc".into(),
+            instance_id: "i1".into(),
+            version: "1".into(),
+            ..Registration::default()
+        },
+    )
+    .expect("encode REGISTER");
+    c.send(&b).await;
+    c.ping_pong().await;
+    for (requests_total, errors_total) in [(u64::MAX, u64::MAX), (5, 0), (u64::MAX, u64::MAX)] {
+        let mut b = BytesMut::new();
+        encode_control(
+            &mut b,
+            &Heartbeat {
+                requests_total,
+                errors_total,
+                ..Heartbeat::default()
+            },
+        )
+        .expect("encode HEARTBEAT");
+        c.send(&b).await;
+        c.ping_pong().await;
+    }
+    // A second connection on the same (only) shard is still served.
+    let mut other = Attached::open(&h).await;
+    other.ping_pong().await;
 }

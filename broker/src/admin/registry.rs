@@ -352,9 +352,11 @@ impl Registry {
         e.info.health_score = health_score(&self.policy, Duration::ZERO, true, hb);
         let event = (!was).then(|| Event::Healthy(e.info.clone()));
         if requests > 0 || errors > 0 {
+            // The counters come from the client: a hostile or buggy one may send anything, so
+            // the sums saturate instead of overflowing.
             let t = g.totals.entry(key.0).or_default();
-            t.requests += requests;
-            t.errors += errors;
+            t.requests = t.requests.saturating_add(requests);
+            t.errors = t.errors.saturating_add(errors).min(t.requests);
         }
         Ok(event)
     }
@@ -679,5 +681,12 @@ mod tests {
         // Instances that leave still count.
         r.deregister(1, "disconnected");
         assert_eq!(r.request_totals()[0].1.requests, 34);
+        // Hostile counters saturate instead of overflowing (a fuzzer found the overflow).
+        r.heartbeat(2, &hb(u64::MAX, u64::MAX)).expect("registered");
+        r.heartbeat(2, &hb(u64::MAX - 1, 0)).expect("registered");
+        r.heartbeat(2, &hb(u64::MAX, u64::MAX)).expect("registered");
+        let t = r.request_totals()[0].1;
+        assert_eq!(t.requests, u64::MAX);
+        assert!(t.errors <= t.requests);
     }
 }

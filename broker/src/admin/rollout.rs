@@ -650,9 +650,10 @@ fn check(global: &dyn DataPlane, now: Instant) -> Vec<((String, String), u64, En
         let ending = match judge(&a.policy, &obs) {
             Err(reason) => Ending::Fail(reason),
             Ok(()) if now.saturating_duration_since(a.started) >= a.policy.bake => {
-                let (r, e) = obs
-                    .iter()
-                    .fold((0, 0), |(r, e), o| (r + o.requests, e + o.errors));
+                let (r, e) = obs.iter().fold((0u64, 0u64), |(r, e), o| {
+                    // Figures come from clients' heartbeats: never trust them not to overflow.
+                    (r.saturating_add(o.requests), e.saturating_add(o.errors))
+                });
                 Ending::Promote(format!(
                     "canaries healthy for {} s ({r} requests, {e} errors)",
                     a.policy.bake.as_secs()
