@@ -253,11 +253,14 @@ pub enum Presence {
     Replaced,
 }
 
-/// Judges the canaries: `Err(reason)` names the first failing instance and figure.
+/// Judges the canaries: `Err(reason)` names the first failing instance and figure. During the
+/// bake a canary's error rate and latency are judged once it handled `min_requests` requests
+/// (no verdict on a handful); at the end of the bake (`bake_over`) on whatever it handled, if
+/// anything, so a canary that got little traffic is never promoted with errors.
 ///
 /// # Errors
 /// A canary left, reconnected, missed heartbeats, or went over the error rate or latency.
-pub fn judge(policy: &Policy, canaries: &[Observation]) -> Result<(), String> {
+pub fn judge(policy: &Policy, canaries: &[Observation], bake_over: bool) -> Result<(), String> {
     for o in canaries {
         let id = &o.instance_id;
         match o.presence {
@@ -270,7 +273,8 @@ pub fn judge(policy: &Policy, canaries: &[Observation]) -> Result<(), String> {
             }
             Presence::Live { healthy: true } => {}
         }
-        if o.requests < policy.min_requests {
+        let enough = o.requests >= policy.min_requests.max(1) || (bake_over && o.requests > 0);
+        if !enough {
             continue;
         }
         let rate = o.errors as f64 / o.requests as f64;
@@ -647,9 +651,10 @@ fn check(global: &dyn DataPlane, now: Instant) -> Vec<((String, String), u64, En
             continue;
         }
         let obs = observe(global, a);
-        let ending = match judge(&a.policy, &obs) {
+        let bake_over = now.saturating_duration_since(a.started) >= a.policy.bake;
+        let ending = match judge(&a.policy, &obs, bake_over) {
             Err(reason) => Ending::Fail(reason),
-            Ok(()) if now.saturating_duration_since(a.started) >= a.policy.bake => {
+            Ok(()) if bake_over => {
                 let (r, e) = obs.iter().fold((0u64, 0u64), |(r, e), o| {
                     // Figures come from clients' heartbeats: never trust them not to overflow.
                     (r.saturating_add(o.requests), e.saturating_add(o.errors))
@@ -803,24 +808,39 @@ mod tests {
     #[test]
     fn verdicts() {
         let p = policy();
-        assert_eq!(judge(&p, &[live("p-0", 0, 0, 0)]), Ok(()));
-        // Below the minimum sample nothing is judged, not even 100% errors.
-        assert_eq!(judge(&p, &[live("p-0", 9, 9, 900_000)]), Ok(()));
-        let e = judge(&p, &[live("p-0", 100, 0, 1000), live("p-2", 20, 20, 5)]).unwrap_err();
+        assert_eq!(judge(&p, &[live("p-0", 0, 0, 0)], false), Ok(()));
+        assert_eq!(judge(&p, &[live("p-0", 0, 0, 0)], true), Ok(()));
+        // Below the minimum sample nothing is judged during the bake, not even 100% errors...
+        assert_eq!(judge(&p, &[live("p-0", 9, 9, 900_000)], false), Ok(()));
+        // ... but at its end whatever was handled is (found by CI: a canary the routing fed only
+        // 9 requests, all errors, was promoted).
+        let e = judge(&p, &[live("p-0", 9, 9, 0)], true).unwrap_err();
+        assert!(e.starts_with("p-0: error rate 100.0% (9 of 9"), "{e}");
+        assert_eq!(judge(&p, &[live("p-0", 9, 0, 0)], true), Ok(()));
+        let e = judge(
+            &p,
+            &[live("p-0", 100, 0, 1000), live("p-2", 20, 20, 5)],
+            false,
+        )
+        .unwrap_err();
         assert!(e.starts_with("p-2: error rate 100.0% (20 of 20"), "{e}");
         // 1 in 100 is at the limit, 2 in 100 over it.
-        assert_eq!(judge(&p, &[live("p-0", 100, 1, 0)]), Ok(()));
-        assert!(judge(&p, &[live("p-0", 100, 2, 0)]).is_err());
-        let e = judge(&p, &[live("p-0", 50, 0, 600_000)]).unwrap_err();
+        assert_eq!(judge(&p, &[live("p-0", 100, 1, 0)], false), Ok(()));
+        assert!(judge(&p, &[live("p-0", 100, 2, 0)], false).is_err());
+        let e = judge(&p, &[live("p-0", 50, 0, 600_000)], false).unwrap_err();
         assert!(e.contains("latency 600.0 ms > max_latency_ms 500"), "{e}");
         let mut o = live("p-3", 0, 0, 0);
         o.presence = Presence::Live { healthy: false };
-        assert!(judge(&p, &[o.clone()])
+        assert!(judge(&p, &[o.clone()], false)
             .unwrap_err()
             .contains("p-3 is unhealthy"));
         o.presence = Presence::Gone;
-        assert!(judge(&p, &[o.clone()]).unwrap_err().contains("p-3 left"));
+        assert!(judge(&p, &[o.clone()], false)
+            .unwrap_err()
+            .contains("p-3 left"));
         o.presence = Presence::Replaced;
-        assert!(judge(&p, &[o]).unwrap_err().contains("p-3 reconnected"));
+        assert!(judge(&p, &[o], false)
+            .unwrap_err()
+            .contains("p-3 reconnected"));
     }
 }
