@@ -16,7 +16,7 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p agentwire-broker --bin agentwire \
+    cargo build --release --locked -p agentwire-cli --bin agentwire \
     && install -m 0755 target/release/agentwire /agentwire
 
 FROM debian:bookworm-slim

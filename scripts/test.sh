@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# broker/tests/prometheus.rs scrapes a real broker with a real Prometheus server (Debian's
+# cli/tests/prometheus.rs scrapes a real broker with a real Prometheus server (Debian's
 # `prometheus` package; the test starts it itself on an ephemeral loopback port).
 if ! command -v prometheus >/dev/null 2>&1; then
     # Refresh the package lists only when the package is not known yet.
@@ -30,8 +30,8 @@ if ! command -v prometheus >/dev/null 2>&1; then
     fi
 fi
 
-# broker/tests/dashboard.rs drives the web dashboard in headless Debian `chromium` with
-# `playwright-core` (npm, pinned by broker/tests/browser/package-lock.json; no browser download).
+# cli/tests/dashboard.rs drives the web dashboard in headless Debian `chromium` with
+# `playwright-core` (npm, pinned by cli/tests/browser/package-lock.json; no browser download).
 if [ ! -x /usr/bin/chromium ]; then
     if ! apt-cache show chromium >/dev/null 2>&1; then
         $SUDO apt-get update
@@ -46,8 +46,8 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     $SUDO env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends nodejs npm
 fi
-if [ ! -d broker/tests/browser/node_modules/playwright-core ]; then
-    (cd broker/tests/browser && npm ci --no-audit --no-fund)
+if [ ! -d cli/tests/browser/node_modules/playwright-core ]; then
+    (cd cli/tests/browser && npm ci --no-audit --no-fund)
 fi
 # The deployment files in ops/: promtool, Kubernetes schemas, compose schema, systemd unit
 # (ops/check.sh installs its Python tools into a venv under ~/.cache when missing).
@@ -55,6 +55,6 @@ ops/check.sh
 
 # soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
 # builds it for the broker's own tests, this makes sure of it when only some packages are tested.
-cargo build -p agentwire-broker --bin agentwire
+cargo build -p agentwire-cli --bin agentwire
 
 cargo test --workspace "$@"

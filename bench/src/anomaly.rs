@@ -1,5 +1,5 @@
 //! `agentwire-bench anomaly`: the broker's anomaly detector
-//! (`agentwire_broker::admin::alerts::anomaly`, with the broker's default settings and
+//! (`agentwire_admin::alerts::anomaly`, with the broker's default settings and
 //! deviation floors) driven directly with synthetic per-component series, one observation per
 //! `step_s` like the alert engine:
 //!
@@ -15,9 +15,9 @@
 //! each factor at a random moment and measure the delay until the detector reports it (given
 //! up after 30 minutes: "missed").
 
-use agentwire_broker::admin::alerts::anomaly::Detector;
-use agentwire_broker::admin::alerts::config::AnomalyConfig;
-use agentwire_broker::admin::alerts::rules::ANOMALY_METRICS;
+use agentwire_admin::alerts::anomaly::{Detector, DetectorConfig};
+use agentwire_admin::alerts::rules::ANOMALY_METRICS;
+use agentwire_broker::config::alerts::AnomalyConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -106,7 +106,7 @@ impl Synth {
 fn detectors(cfg: &AnomalyConfig) -> Vec<Detector> {
     ANOMALY_METRICS
         .iter()
-        .map(|(_, floor)| Detector::new(cfg.detector(*floor)))
+        .map(|(_, floor)| Detector::new(DetectorConfig::from_settings(cfg, *floor)))
         .collect()
 }
 

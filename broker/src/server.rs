@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError, ReloadReport};
+use crate::plane::{ControlPlane, DataPlane};
 use crate::shard::{self, Global};
 use crate::stats::StatsSnapshot;
 use crate::transport::Incoming;
@@ -39,9 +40,6 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The admin plane's database cannot be opened.
-    #[error("cannot open the data directory: {0}")]
-    Store(#[from] crate::admin::store::StoreError),
     /// The TLS certificate, key or client CA cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsSetupError),
@@ -63,7 +61,6 @@ pub enum AttachError {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
-    admin_addr: Option<SocketAddr>,
     global: Arc<Global>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -79,14 +76,26 @@ impl ServerHandle {
         self.addr
     }
 
-    /// The HTTP admin API's address, when configured (`admin.listen`).
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
     /// The state shared by the shards (routing table, counters, configuration).
     pub fn global(&self) -> &Arc<Global> {
         &self.global
+    }
+
+    /// The running data plane, for what runs beside it (the admin plane).
+    pub fn data_plane(&self) -> Arc<dyn DataPlane> {
+        self.global.clone()
+    }
+
+    /// The stop signal: `true` once [`ServerHandle::shutdown`] was called (or the handle
+    /// dropped). Threads started beside the data plane watch it and end.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Joins `thread` with the server's own on [`ServerHandle::join`] and drop (a thread that
+    /// ends on [`ServerHandle::stop_signal`]).
+    pub fn adopt_thread(&mut self, thread: JoinHandle<()>) {
+        self.threads.push(thread);
     }
 
     /// The verified TLS client identities (mutual TLS) of the connections open now, by
@@ -106,7 +115,7 @@ impl ServerHandle {
     /// TLS handshakes that failed so far (client and admin ports).
     pub fn tls_handshake_failures(&self) -> u64 {
         self.global
-            .admin
+            .telemetry
             .tls_handshake_failures
             .load(Ordering::Relaxed)
     }
@@ -237,18 +246,49 @@ fn new_server_id() -> String {
     format!("AW{:016X}", h.finish())
 }
 
-/// Binds `config.listen` and starts the server.
+/// What runs beside the data plane, given at start.
+#[derive(Default, Clone)]
+pub struct Parts {
+    /// Answers control frames (REGISTER, HEARTBEAT, DEREGISTER, DISCOVER); `None`: they are
+    /// refused with `ERR unknown_op`.
+    pub control: Option<Arc<dyn ControlPlane>>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("control", &self.control.is_some())
+            .finish()
+    }
+}
+
+/// Binds `config.listen` and starts a bare data plane (no control plane).
 ///
 /// # Errors
 /// An invalid configuration, an address that cannot be bound, or threads that cannot start.
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    start_with(config, None, Parts::default())
+}
+
+/// Starts the server with `parts` beside it, on `listener` or, when `None`, on a new listener
+/// bound to `config.listen`.
+///
+/// # Errors
+/// An invalid configuration, an address that cannot be bound, or threads that cannot start.
+pub fn start_with(
+    config: Config,
+    listener: Option<std::net::TcpListener>,
+    parts: Parts,
+) -> Result<ServerHandle, StartError> {
     config.validate()?;
-    let listener =
-        bind(config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
-        })?;
-    start_with_listener(config, listener)
+        })?,
+    };
+    start_parts(config, listener, parts)
 }
 
 /// Binds `addr` with an accept queue of `backlog` connections (the kernel caps it at
@@ -263,7 +303,7 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// Starts the server on an already bound listener.
+/// Starts a bare data plane on an already bound listener.
 ///
 /// # Errors
 /// An invalid configuration, or threads that cannot start.
@@ -271,23 +311,25 @@ pub fn start_with_listener(
     config: Config,
     listener: std::net::TcpListener,
 ) -> Result<ServerHandle, StartError> {
-    config.validate()?;
+    start_with(config, Some(listener), Parts::default())
+}
+
+fn start_parts(
+    config: Config,
+    listener: std::net::TcpListener,
+    parts: Parts,
+) -> Result<ServerHandle, StartError> {
     let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
     log_auth(&auth);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let (tls, admin_tls) = match &config.tls {
-        Some(t) => (
-            Some(crate::tls::server_config(t)?),
-            Some(crate::tls::admin_config(t)?),
-        ),
-        None => (None, None),
+    let tls = match &config.tls {
+        Some(t) => Some(crate::tls::server_config(t)?),
+        None => None,
     };
-    let global = Arc::new(Global::new(config, new_server_id(), auth)?);
+    let global = Arc::new(Global::new(config, new_server_id(), auth, parts.control));
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
-    let (admin, admin_addr) = crate::admin::start(global.clone(), stop_rx.clone(), admin_tls)?;
-    threads.push(admin.thread);
     let mut senders = Vec::new();
     for id in 0..global.shards.len() {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -328,12 +370,8 @@ pub fn start_with_listener(
         mutual_tls = global.config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "agentwire listening"
     );
-    if let Some(a) = admin_addr {
-        tracing::info!(%a, "admin API listening");
-    }
     Ok(ServerHandle {
         addr,
-        admin_addr,
         global,
         stop,
         threads,

@@ -4,8 +4,8 @@
 //! handshake (bounded by `limits.handshake_timeout_ms`), then gives the shard one end of a Unix
 //! socket pair ([`Incoming`] with the TCP peer and the verified client identity) and copies
 //! bytes both ways between the TLS stream and the other end. Shards never see TLS: their hot
-//! path is the same as for plain TCP. The same server configuration serves the admin API over
-//! HTTPS ([`TlsListener`]).
+//! path is the same as for plain TCP. [`admin_config`] is the admin API's HTTPS configuration
+//! (its listener is the admin plane's).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +19,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -150,7 +150,7 @@ fn peer_identity<IO>(tls: &TlsStream<IO>) -> Option<String> {
 
 fn count_failure(global: &Global) {
     global
-        .admin
+        .telemetry
         .tls_handshake_failures
         .fetch_add(1, Ordering::Relaxed);
 }
@@ -257,89 +257,6 @@ where
         }
     }
     let _ = wr.shutdown().await;
-}
-
-/// The admin API's listener over TLS, for `axum::serve`: a task accepts TCP connections and
-/// runs each handshake in its own task (a slow or failing client blocks nobody); finished
-/// handshakes come out of [`axum::serve::Listener::accept`].
-pub(crate) struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener` (on the current runtime) until `stop`.
-    pub(crate) fn new(
-        listener: tokio::net::TcpListener,
-        config: Arc<ServerConfig>,
-        global: Arc<dyn crate::admin::DataPlane>,
-        mut stop: watch::Receiver<bool>,
-    ) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    r = stop.changed() => {
-                        if r.is_err() || *stop.borrow() {
-                            return;
-                        }
-                        continue;
-                    }
-                    a = listener.accept() => match a {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!("admin accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    },
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                let g = global.clone();
-                tokio::spawn(async move {
-                    let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    match hs.await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            g.admin()
-                                .tls_handshake_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, "admin TLS handshake failed: {e}");
-                        }
-                        Err(_) => {
-                            g.admin()
-                                .tls_handshake_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, "admin TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accepting task stopped (shutdown): no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_broker::{Config as BrokerConfig, ServerHandle};
+use agentwire_admin::Broker;
+use agentwire_broker::Config as BrokerConfig;
 use agentwire_client::{
     Client, ConnectOptions, ConnectionEvent, ConnectionEvents, Error, SubscribeOptions, Subscriber,
 };
@@ -28,8 +29,8 @@ const PAYLOAD: &[u8] = b"0123456789abcdef";
 /// What one message counts toward a byte limit: subject + payload.
 const MSG_SIZE: u64 = (SUBJECT.len() + PAYLOAD.len()) as u64;
 
-fn start_broker() -> ServerHandle {
-    agentwire_broker::start(BrokerConfig {
+fn start_broker() -> Broker {
+    agentwire_admin::start(BrokerConfig {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         shards: 1,
         shutdown_grace_ms: 1000,
@@ -472,7 +473,7 @@ async fn graceful_shutdown_and_lame_duck_are_ridden_through_on_the_same_address(
         .expect("connect");
     let mut sub = client.subscribe("up.>").await.expect("subscribe");
     client.flush().await.expect("flush");
-    let restart = move |old: ServerHandle, lame: bool| {
+    let restart = move |old: Broker, lame: bool| {
         if lame {
             old.lame_duck();
             assert!(
@@ -483,7 +484,7 @@ async fn graceful_shutdown_and_lame_duck_are_ridden_through_on_the_same_address(
         old.shutdown();
         old.join();
         let listener = std::net::TcpListener::bind(addr).expect("the same port again");
-        agentwire_broker::start_with_listener(
+        agentwire_admin::start_with_listener(
             BrokerConfig {
                 listen: addr,
                 shards: 2,

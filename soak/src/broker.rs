@@ -54,7 +54,7 @@ pub fn find_bin(given: Option<&Path>) -> Result<PathBuf> {
     };
     if !bin.is_file() {
         bail!(
-            "broker binary {} not found: build it with `cargo build --release -p agentwire-broker` \
+            "broker binary {} not found: build it with `cargo build --release -p agentwire-cli` \
              (same profile and target dir as agentwire-soak), pass --broker-bin PATH, or use \
              --server ADDR",
             bin.display()

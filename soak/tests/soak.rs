@@ -19,7 +19,7 @@ fn broker_bin() -> PathBuf {
         .expect("the soak binary has a parent directory");
     assert!(
         bin.is_file(),
-        "{} is missing: run `cargo build -p agentwire-broker` (same profile and target dir) \
+        "{} is missing: run `cargo build -p agentwire-cli` (same profile and target dir) \
          first, or the whole `cargo test --workspace` / scripts/test.sh",
         bin.display()
     );

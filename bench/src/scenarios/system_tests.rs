@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use agentwire_admin::Broker;
 use agentwire_broker::config::{AdminConfig, RoutingPolicy};
-use agentwire_broker::{Config, ServerHandle};
+use agentwire_broker::Config;
 
 use super::apistatus::ApiStatusParams;
 use super::conns::ConnsParams;
@@ -18,11 +19,11 @@ use super::{run, RunOptions, Spec};
 use crate::broker_proc::BrokerTarget;
 use crate::report::RunReport;
 
-fn broker() -> ServerHandle {
+fn broker() -> Broker {
     broker_with(RoutingPolicy::Load)
 }
 
-fn broker_with(routing: RoutingPolicy) -> ServerHandle {
+fn broker_with(routing: RoutingPolicy) -> Broker {
     let cfg = Config {
         listen: "127.0.0.1:0".parse().expect("literal address"),
         shards: 2,
@@ -34,10 +35,10 @@ fn broker_with(routing: RoutingPolicy) -> ServerHandle {
         },
         ..Config::default()
     };
-    agentwire_broker::start(cfg).expect("broker starts on 127.0.0.1:0")
+    agentwire_admin::start(cfg).expect("broker starts on 127.0.0.1:0")
 }
 
-async fn run_on(h: &ServerHandle, spec: Spec) -> RunReport {
+async fn run_on(h: &Broker, spec: Spec) -> RunReport {
     let target = BrokerTarget::External {
         addr: h.local_addr().to_string(),
         admin: h.admin_addr().map(|a| a.to_string()),

@@ -69,7 +69,7 @@ static KNOWN_OVERSIZE_DISCOVERED: AtomicBool = AtomicBool::new(false);
 
 /// The process-wide broker, its runtime for the client side, and the probe connection.
 struct World {
-    server: ServerHandle,
+    server: agentwire_admin::Broker,
     rt: tokio::runtime::Runtime,
     probe: Mutex<Option<StdUnix>>,
     inputs: AtomicU64,
@@ -97,7 +97,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     };
     cfg.admin.listen = None;
     cfg.admin.data_dir = None;
-    let server = agentwire_broker::start(cfg).expect("the fuzz broker starts");
+    let server = agentwire_admin::start(cfg).expect("the fuzz broker starts");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -21,11 +21,11 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use super::{bump, Shard, Stash};
-use crate::admin::hist::Windowed;
-use crate::admin::load::ConnLoad;
 use crate::config::RoutingPolicy;
 use crate::routing::SubTarget;
 use crate::stats::ShardStats;
+use crate::telemetry::hist::Windowed;
+use crate::telemetry::load::ConnLoad;
 use crate::transport::{Incoming, Transport};
 
 /// A consumer that wrote nothing to its socket for this long is "not reading": publishers are
@@ -551,7 +551,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>) -> String {
         if complete > 0 {
             shard
                 .global
-                .admin
+                .telemetry
                 .hist
                 .residence
                 .record(shard.read_at.get().elapsed().as_micros() as u64);
@@ -771,7 +771,7 @@ fn publish(
     let n = shard.publishes.get().wrapping_add(1);
     shard.publishes.set(n);
     if n % super::HOT_SAMPLE == 0 {
-        shard.global.admin.hot.sample(p.subject);
+        shard.global.telemetry.hot.sample(p.subject);
     }
     if matches.is_empty() {
         if !p.reply.is_empty() && rs.no_responders {

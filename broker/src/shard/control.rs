@@ -1,16 +1,18 @@
 //! Control-plane frames on a shard (REGISTER, HEARTBEAT, DEREGISTER, DISCOVER; `PROTOCOL.md`
-//! section 13) and the shard's end of the admin plane's command channel (config push, system
-//! messages).
+//! section 13) and the shard's end of the command channel (config push, system messages,
+//! reload, lame duck).
 //!
-//! Bodies are validated before use; a bad one gets `ERR invalid_control` and the connection
-//! stays open. Registration state lives in the shared registry; the shard only remembers, per
+//! Bodies are decoded and validated here, before the control plane
+//! ([`crate::plane::ControlPlane`], the admin plane's registry) sees them; a bad one gets
+//! `ERR invalid_control` and the connection stays open. A broker started without a control
+//! plane answers every control frame with `ERR unknown_op`. The shard only remembers, per
 //! connection, the round-trip histogram of its component.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use agentwire_protocol::control::{
-    decode_control, encode_control, Discover, Discovered, Heartbeat, LameDuck, Registered,
-    Registration,
+    decode_control, encode_control, Discover, Discovered, Heartbeat, LameDuck, Registration,
 };
 use agentwire_protocol::{self as proto, op, ErrorCode};
 use bytes::BytesMut;
@@ -18,9 +20,22 @@ use tokio::sync::mpsc;
 
 use super::conn::Conn;
 use super::Shard;
-use crate::admin::registry::ConnRef;
-use crate::admin::ShardCmd;
-use crate::admin::{publish_events, registry::Event};
+use crate::plane::{ConnRef, ControlPlane, ShardCmd};
+
+/// The control plane, or `ERR unknown_op` to the client when the broker runs without one.
+fn control_plane(shard: &Shard, conn: &Rc<Conn>, opc: u8) -> Option<Arc<dyn ControlPlane>> {
+    let c = shard.global.control.clone();
+    if c.is_none() {
+        conn.send_err(
+            shard,
+            ErrorCode::UnknownOp,
+            &format!(
+                "op {opc:#04x}: this broker runs without a control plane (no registry); frame ignored"
+            ),
+        );
+    }
+    c
+}
 
 /// Handles one control frame from a client.
 pub(crate) fn handle(shard: &Shard, conn: &Rc<Conn>, opc: u8, body: &[u8]) {
@@ -32,16 +47,17 @@ pub(crate) fn handle(shard: &Shard, conn: &Rc<Conn>, opc: u8, body: &[u8]) {
                 conn.send_err(shard, ErrorCode::InvalidControl, "DEREGISTER has no body; ignored");
                 return;
             }
-            match shard.global.admin.registry.deregister(conn.id, "deregistered") {
-                Some(ev) => {
-                    *conn.component.borrow_mut() = None;
-                    publish_events(&*shard.global, vec![ev]);
-                }
-                None => conn.send_err(
+            let Some(cp) = control_plane(shard, conn, opc) else {
+                return;
+            };
+            if cp.deregister(&*shard.global, conn.id, "deregistered") {
+                *conn.component.borrow_mut() = None;
+            } else {
+                conn.send_err(
                     shard,
                     ErrorCode::NotRegistered,
                     "DEREGISTER on a connection that is not registered; ignored",
-                ),
+                );
             }
         }
         op::DISCOVER => discover(shard, conn, body),
@@ -87,29 +103,19 @@ fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
             return;
         }
     }
-    let admin = &shard.global.admin;
+    let Some(cp) = control_plane(shard, conn, op::REGISTER) else {
+        return;
+    };
     let at = ConnRef {
         shard: shard.id,
         conn: conn.id,
     };
-    let env = admin.registry.environment_of(&reg).to_owned();
-    let result = admin.registry.register(at, &reg, conn.load.clone(), || {
-        admin.config_for(&reg.component, &env)
-    });
-    let (info, config) = match result {
-        Ok(r) => r,
+    let ack = match cp.register(&*shard.global, at, &reg, conn.load.clone()) {
+        Ok(ack) => ack,
         Err(refusal) => {
             conn.send_err(shard, refusal.code, &refusal.message);
             return;
         }
-    };
-    let policy = admin.registry.policy();
-    let ack = Registered {
-        instance_id: info.instance_id.clone(),
-        heartbeat_ms: policy.interval.as_millis().min(u128::from(u32::MAX)) as u32,
-        unhealthy_after: policy.unhealthy_after,
-        remove_after: policy.remove_after,
-        config,
     };
     {
         let mut st = conn.st.borrow_mut();
@@ -118,10 +124,7 @@ fn register(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
         }
     }
     shard.touch(conn);
-    *conn.component.borrow_mut() = Some(admin.hist.round_trip(&info.component));
-    // Record the component in the database on the admin thread (a disk write).
-    admin.note_component(&info.component);
-    publish_events(&*shard.global, vec![Event::Joined(info)]);
+    *conn.component.borrow_mut() = Some(shard.global.telemetry.hist.round_trip(&reg.component));
 }
 
 fn heartbeat(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
@@ -129,10 +132,11 @@ fn heartbeat(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
         Ok(h) => h,
         Err(e) => return invalid(shard, conn, "HEARTBEAT", e),
     };
-    match shard.global.admin.registry.heartbeat(conn.id, &hb) {
-        Ok(Some(ev)) => publish_events(&*shard.global, vec![ev]),
-        Ok(None) => {}
-        Err(refusal) => conn.send_err(shard, refusal.code, &refusal.message),
+    let Some(cp) = control_plane(shard, conn, op::HEARTBEAT) else {
+        return;
+    };
+    if let Err(refusal) = cp.heartbeat(&*shard.global, conn.id, &hb) {
+        conn.send_err(shard, refusal.code, &refusal.message);
     }
 }
 
@@ -144,12 +148,10 @@ fn discover(shard: &Shard, conn: &Rc<Conn>, body: &[u8]) {
     if let Err(e) = q.validate() {
         return invalid(shard, conn, "DISCOVER", e);
     }
-    let instances =
-        shard
-            .global
-            .admin
-            .registry
-            .list(&q.component, &q.capability, q.include_unhealthy);
+    let Some(cp) = control_plane(shard, conn, op::DISCOVER) else {
+        return;
+    };
+    let instances = cp.discover(&q);
     let answer = Discovered {
         request_id: q.request_id,
         instances,
@@ -206,19 +208,16 @@ fn fit_discovered(mut answer: Discovered, max: usize) -> Result<BytesMut, proto:
     Ok(b)
 }
 
-/// The connection is gone: drop its registration (if any) and tell the watchers.
+/// The connection is gone: drop its registration (if any; the control plane tells the
+/// watchers).
 pub(crate) fn connection_closed(shard: &Shard, conn: &Conn) {
-    if let Some(ev) = shard
-        .global
-        .admin
-        .registry
-        .deregister(conn.id, "disconnected")
-    {
-        publish_events(&*shard.global, vec![ev]);
+    if let Some(cp) = &shard.global.control {
+        cp.deregister(&*shard.global, conn.id, "disconnected");
     }
 }
 
-/// Runs the admin plane's commands on this shard until the channel closes.
+/// Runs the commands sent to this shard (config push, system messages, reload) until the
+/// channel closes.
 pub(crate) async fn control_loop(shard: Rc<Shard>, mut rx: mpsc::UnboundedReceiver<ShardCmd>) {
     while let Some(cmd) = rx.recv().await {
         apply(&shard, cmd);

@@ -28,11 +28,12 @@ use crossbeam_queue::ArrayQueue;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::admin::load::ConnLoad;
-use crate::admin::{Admin, DataPlane, ShardCmd, ShardFigures};
 use crate::config::Config;
+use crate::plane::{ControlPlane, DataPlane, ShardCmd, ShardFigures};
 use crate::routing::{MatchCache, RoutingTable, SubTarget};
 use crate::stats::ShardStats;
+use crate::telemetry::load::ConnLoad;
+use crate::telemetry::Telemetry;
 use conn::Conn;
 
 /// Messages handed from one shard to another: a refcounted view of one read batch of the
@@ -124,8 +125,11 @@ pub struct Global {
     pub next_conn_id: AtomicU64,
     /// Connections open now (checked against `max_connections` by the acceptor).
     pub conn_count: AtomicUsize,
-    /// The admin plane.
-    pub admin: Admin,
+    /// What the shards measure for the admin plane (histograms, sampled subjects).
+    pub telemetry: Telemetry,
+    /// The control plane (registry) the shards call for control frames; `None`: a bare data
+    /// plane that refuses them.
+    pub control: Option<Arc<dyn ControlPlane>>,
     /// Load records of every open connection, for queue-group routing.
     pub loads: parking_lot::RwLock<FxHashMap<u64, Arc<ConnLoad>>>,
     /// Lame duck: set once; the acceptor stops, shards notify and close their clients.
@@ -153,27 +157,25 @@ impl std::fmt::Debug for Global {
 }
 
 impl Global {
-    /// Creates the shared state for `config`, opening the admin plane's database.
-    ///
-    /// # Errors
-    /// The database cannot be opened.
+    /// Creates the shared state for `config`, with `control` answering control frames.
     pub fn new(
         config: Config,
         server_id: String,
         auth: crate::auth::Auth,
-    ) -> Result<Global, crate::admin::store::StoreError> {
+        control: Option<Arc<dyn ControlPlane>>,
+    ) -> Global {
         let n = config.shard_count();
         let shards = (0..n)
             .map(|i| Arc::new(ShardHandle::new(i as u16, n, config.cross_shard_queue)))
             .collect();
-        let admin = Admin::new(&config)?;
-        Ok(Global {
+        Global {
             shards,
             routing: RoutingTable::new(),
             server_id,
             next_conn_id: AtomicU64::new(1),
             conn_count: AtomicUsize::new(0),
-            admin,
+            telemetry: Telemetry::default(),
+            control,
             loads: parking_lot::RwLock::new(FxHashMap::default()),
             lame: watch::channel(false).0,
             identities: parking_lot::Mutex::new(FxHashMap::default()),
@@ -181,7 +183,7 @@ impl Global {
             limits: arc_swap::ArcSwap::from_pointee(config.limits),
             reload_source: parking_lot::Mutex::new(None),
             config,
-        })
+        }
     }
 }
 
@@ -267,8 +269,8 @@ impl DataPlane for Global {
         };
         Global::reload(self, &config).map_err(|e| e.to_string())
     }
-    fn admin(&self) -> &Admin {
-        &self.admin
+    fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
     fn config(&self) -> &Config {
         &self.config
@@ -347,7 +349,7 @@ fn bump(c: &Cell<u64>, n: u64) {
 /// Plain (non-request) messages in a row to one queue group that share one choice by load.
 pub const STICKY_MESSAGES: u32 = 64;
 
-pub use crate::admin::optimize::HOT_SAMPLE;
+pub use crate::telemetry::hot::HOT_SAMPLE;
 
 /// A shard's own state, living on its thread only.
 pub(crate) struct Shard {
@@ -449,7 +451,7 @@ impl Shard {
             .map_or(0, |d| d.as_micros() as u64);
         for sent in st.drain(..) {
             self.global
-                .admin
+                .telemetry
                 .hist
                 .publish_to_deliver
                 .record(now.saturating_sub(sent));
@@ -905,7 +907,7 @@ async fn drain(shard: Rc<Shard>) {
         if let Some(t) = oldest {
             shard
                 .global
-                .admin
+                .telemetry
                 .hist
                 .residence
                 .record(t.elapsed().as_micros() as u64);
