@@ -18,6 +18,10 @@
 //! - Every state change is published on `$SYS.rollout.<component>.<state>` (the record as JSON).
 //! - A broker restart ends a rollout in progress as `aborted` and restores N-1's values as a new
 //!   version before the configs are loaded ([`super::store::ConfigStore::abort_interrupted_rollouts`]).
+//!
+//! The parts: `policy` (the request and the validated [`Policy`]), `canary` (how many canaries
+//! and which: [`Canary`], [`select_canaries`]), `verdict` (what is seen of a canary and
+//! [`judge`]); this module holds the rollouts in progress and drives them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +30,6 @@ use std::time::{Duration, Instant};
 use agentwire_protocol::control::encode_control;
 use bytes::BytesMut;
 use parking_lot::{Mutex, MutexGuard};
-use rand::seq::SliceRandom;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch as tokio_watch;
 
@@ -36,268 +38,19 @@ use super::store::{Changes, ConfigSnapshot, RolloutRecord, RolloutState, StoreEr
 use super::{apply_and_push, to_update, Node};
 use agentwire_broker::plane::{sys_publish, ShardCmd};
 
+mod canary;
+mod policy;
+mod verdict;
+
+pub use canary::{select_canaries, Canary};
+pub use policy::{
+    Policy, RolloutRequest, DEFAULT_MAX_ERROR_RATE, DEFAULT_MAX_LATENCY_MS, DEFAULT_MIN_REQUESTS,
+    MAX_BAKE_SECONDS,
+};
+pub use verdict::{judge, Observation, Presence};
+
 /// How often the canaries of baking rollouts are checked.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
-/// Default highest error rate of a canary (the error-rate alert's 1%).
-pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
-/// Default highest latency of a canary (the response-time alert's 500 ms).
-pub const DEFAULT_MAX_LATENCY_MS: u64 = 500;
-/// Default requests a canary must have handled since the push before its error rate and
-/// latency are judged.
-pub const DEFAULT_MIN_REQUESTS: u64 = 10;
-/// Longest bake accepted.
-pub const MAX_BAKE_SECONDS: u64 = 7 * 24 * 3600;
-
-/// How many canaries: a count, or a share of the healthy instances.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Canary {
-    /// This many instances (at most all of them).
-    Count(u32),
-    /// This percentage of the instances, rounded up, at least one.
-    Percent(f64),
-}
-
-impl Canary {
-    /// Parses `3` or `25%`.
-    ///
-    /// # Errors
-    /// Not a count ≥ 1 nor a percentage in (0, 100].
-    pub fn parse(s: &str) -> Result<Canary, String> {
-        let s = s.trim();
-        if let Some(p) = s.strip_suffix('%') {
-            return match p.trim().parse::<f64>() {
-                Ok(p) if p > 0.0 && p <= 100.0 => Ok(Canary::Percent(p)),
-                _ => Err(format!(
-                    "canary {s:?}: a percentage must be in (0, 100], e.g. \"25%\""
-                )),
-            };
-        }
-        match s.parse::<u32>() {
-            Ok(n) if n >= 1 => Ok(Canary::Count(n)),
-            _ => Err(format!(
-                "canary {s:?}: give a number of instances (1 or more) or a percentage like \"25%\""
-            )),
-        }
-    }
-
-    /// How many of `available` instances are canaries (0 only when none is available).
-    pub fn count(self, available: usize) -> usize {
-        if available == 0 {
-            return 0;
-        }
-        let n = match self {
-            Canary::Count(n) => n as usize,
-            Canary::Percent(p) => ((available as f64) * p / 100.0).ceil() as usize,
-        };
-        n.clamp(1, available)
-    }
-
-    fn to_json(self) -> Value {
-        match self {
-            Canary::Count(n) => Value::from(n),
-            Canary::Percent(p) => Value::from(format!("{p}%")),
-        }
-    }
-}
-
-/// The `"rollout"` object of a config PUT.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutRequest {
-    /// `1` (instances) or `"25%"`.
-    pub canary: Value,
-    /// How long the canaries must stay healthy, seconds.
-    pub bake_seconds: u64,
-    /// Roll back by itself on a failed check (default true).
-    #[serde(default)]
-    pub auto_rollback: Option<bool>,
-    /// Highest canary error rate, 0..1 (default 0.01).
-    #[serde(default)]
-    pub max_error_rate: Option<f64>,
-    /// Highest canary latency, ms (default 500).
-    #[serde(default)]
-    pub max_latency_ms: Option<u64>,
-    /// Requests a canary must have handled since the push before its error rate and latency
-    /// count (default 10).
-    #[serde(default)]
-    pub min_requests: Option<u64>,
-}
-
-/// A validated rollout policy.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
-    /// How many canaries.
-    pub canary: Canary,
-    /// Bake time.
-    pub bake: Duration,
-    /// Roll back by itself on a failed check.
-    pub auto_rollback: bool,
-    /// Highest error rate (0..=1).
-    pub max_error_rate: f64,
-    /// Highest latency, ms.
-    pub max_latency_ms: u64,
-    /// Requests before error rate and latency are judged.
-    pub min_requests: u64,
-}
-
-fn bad(reason: impl Into<String>) -> StoreError {
-    StoreError::Invalid {
-        field: "rollout",
-        reason: reason.into(),
-    }
-}
-
-impl Policy {
-    /// Validates a request.
-    ///
-    /// # Errors
-    /// [`StoreError::Invalid`] naming the bad field.
-    pub fn from_request(r: &RolloutRequest) -> Result<Policy, StoreError> {
-        let canary = match &r.canary {
-            Value::Number(n) => match n.as_u64() {
-                Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => Canary::Count(n as u32),
-                _ => return Err(bad(format!("canary {n}: must be 1 or more, or \"25%\""))),
-            },
-            Value::String(s) => Canary::parse(s).map_err(bad)?,
-            other => {
-                return Err(bad(format!(
-                    "canary {other}: give a number of instances or a percentage like \"25%\""
-                )))
-            }
-        };
-        if r.bake_seconds == 0 || r.bake_seconds > MAX_BAKE_SECONDS {
-            return Err(bad(format!(
-                "bake_seconds {}: must be 1..={MAX_BAKE_SECONDS}",
-                r.bake_seconds
-            )));
-        }
-        let max_error_rate = r.max_error_rate.unwrap_or(DEFAULT_MAX_ERROR_RATE);
-        if !(0.0..=1.0).contains(&max_error_rate) {
-            return Err(bad(format!(
-                "max_error_rate {max_error_rate}: must be between 0 and 1"
-            )));
-        }
-        let max_latency_ms = r.max_latency_ms.unwrap_or(DEFAULT_MAX_LATENCY_MS);
-        if max_latency_ms == 0 {
-            return Err(bad("max_latency_ms must be at least 1"));
-        }
-        Ok(Policy {
-            canary,
-            bake: Duration::from_secs(r.bake_seconds),
-            auto_rollback: r.auto_rollback.unwrap_or(true),
-            max_error_rate,
-            max_latency_ms,
-            min_requests: r.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS).max(1),
-        })
-    }
-
-    /// The policy as stored and shown.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "canary": self.canary.to_json(),
-            "bake_seconds": self.bake.as_secs(),
-            "auto_rollback": self.auto_rollback,
-            "max_error_rate": self.max_error_rate,
-            "max_latency_ms": self.max_latency_ms,
-            "min_requests": self.min_requests,
-        })
-    }
-}
-
-/// Chooses the canaries among `(instance_id, healthy)` candidates: only healthy ones, at random,
-/// returned sorted. Empty when no candidate is healthy.
-pub fn select_canaries<R: rand::Rng + ?Sized>(
-    candidates: &[(String, bool)],
-    canary: Canary,
-    rng: &mut R,
-) -> Vec<String> {
-    let healthy: Vec<&String> = candidates
-        .iter()
-        .filter(|(_, h)| *h)
-        .map(|(id, _)| id)
-        .collect();
-    let n = canary.count(healthy.len());
-    let mut chosen: Vec<String> = healthy
-        .choose_multiple(rng, n)
-        .map(|s| (*s).clone())
-        .collect();
-    chosen.sort();
-    chosen
-}
-
-/// What the broker sees of one canary at a check.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    /// Instance id.
-    pub instance_id: String,
-    /// Where it is.
-    pub presence: Presence,
-    /// Requests handled since the push (heartbeat totals minus the baseline).
-    pub requests: u64,
-    /// Of those, answered with an error.
-    pub errors: u64,
-    /// Latency the instance reports in its heartbeats, µs.
-    pub latency_us: u32,
-}
-
-/// A canary's registration at a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
-    /// Registered on the connection the new version was pushed to.
-    Live {
-        /// Heartbeats in time.
-        healthy: bool,
-    },
-    /// No longer registered.
-    Gone,
-    /// Registered again on another connection (it may not have the new version).
-    Replaced,
-}
-
-/// Judges the canaries: `Err(reason)` names the first failing instance and figure. During the
-/// bake a canary's error rate and latency are judged once it handled `min_requests` requests
-/// (no verdict on a handful); at the end of the bake (`bake_over`) on whatever it handled, if
-/// anything, so a canary that got little traffic is never promoted with errors.
-///
-/// # Errors
-/// A canary left, reconnected, missed heartbeats, or went over the error rate or latency.
-pub fn judge(policy: &Policy, canaries: &[Observation], bake_over: bool) -> Result<(), String> {
-    for o in canaries {
-        let id = &o.instance_id;
-        match o.presence {
-            Presence::Gone => return Err(format!("{id} left (no longer registered)")),
-            Presence::Replaced => {
-                return Err(format!("{id} reconnected (registered on a new connection)"))
-            }
-            Presence::Live { healthy: false } => {
-                return Err(format!("{id} is unhealthy (heartbeats missed)"))
-            }
-            Presence::Live { healthy: true } => {}
-        }
-        let enough = o.requests >= policy.min_requests.max(1) || (bake_over && o.requests > 0);
-        if !enough {
-            continue;
-        }
-        let rate = o.errors as f64 / o.requests as f64;
-        if rate > policy.max_error_rate {
-            return Err(format!(
-                "{id}: error rate {:.1}% ({} of {} requests since the push) > max_error_rate {:.1}%",
-                rate * 100.0,
-                o.errors,
-                o.requests,
-                policy.max_error_rate * 100.0
-            ));
-        }
-        let latency_ms = f64::from(o.latency_us) / 1000.0;
-        if latency_ms > policy.max_latency_ms as f64 {
-            return Err(format!(
-                "{id}: latency {latency_ms:.1} ms > max_latency_ms {}",
-                policy.max_latency_ms
-            ));
-        }
-    }
-    Ok(())
-}
 
 /// One canary as pushed to.
 #[derive(Debug, Clone)]
@@ -697,14 +450,16 @@ pub async fn watch(global: Arc<Node>, mut stop: tokio_watch::Receiver<bool>) {
     }
 }
 
+/// Helpers shared by the unit tests of the submodules.
 #[cfg(test)]
-mod tests {
+mod test_support {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
-    use rand::SeedableRng;
+    use serde_json::json;
 
-    fn policy() -> Policy {
+    use super::{Policy, RolloutRequest};
+
+    pub(super) fn policy() -> Policy {
         Policy::from_request(&RolloutRequest {
             canary: json!(1),
             bake_seconds: 10,
@@ -714,129 +469,5 @@ mod tests {
             min_requests: None,
         })
         .unwrap()
-    }
-
-    fn live(id: &str, requests: u64, errors: u64, latency_us: u32) -> Observation {
-        Observation {
-            instance_id: id.into(),
-            presence: Presence::Live { healthy: true },
-            requests,
-            errors,
-            latency_us,
-        }
-    }
-
-    #[test]
-    fn canary_counts_and_parsing() {
-        assert_eq!(Canary::parse("1"), Ok(Canary::Count(1)));
-        assert_eq!(Canary::parse("25%"), Ok(Canary::Percent(25.0)));
-        assert!(Canary::parse("0").is_err());
-        assert!(Canary::parse("0%").is_err());
-        assert!(Canary::parse("150%").is_err());
-        assert!(Canary::parse("x").is_err());
-        assert_eq!(Canary::Count(1).count(4), 1);
-        assert_eq!(Canary::Count(9).count(4), 4);
-        assert_eq!(Canary::Percent(25.0).count(4), 1);
-        assert_eq!(Canary::Percent(25.0).count(5), 2);
-        assert_eq!(Canary::Percent(1.0).count(3), 1);
-        assert_eq!(Canary::Percent(100.0).count(3), 3);
-        assert_eq!(Canary::Count(1).count(0), 0);
-    }
-
-    #[test]
-    fn policy_validation_and_defaults() {
-        let p = policy();
-        assert!(p.auto_rollback);
-        assert_eq!(p.max_error_rate, DEFAULT_MAX_ERROR_RATE);
-        assert_eq!(p.max_latency_ms, DEFAULT_MAX_LATENCY_MS);
-        assert_eq!(p.to_json()["canary"], json!(1));
-        let req = |canary: Value, bake: u64, rate: Option<f64>| RolloutRequest {
-            canary,
-            bake_seconds: bake,
-            auto_rollback: Some(false),
-            max_error_rate: rate,
-            max_latency_ms: None,
-            min_requests: None,
-        };
-        let p = Policy::from_request(&req(json!("25%"), 5, Some(0.5))).unwrap();
-        assert_eq!(p.canary, Canary::Percent(25.0));
-        assert!(!p.auto_rollback);
-        assert_eq!(p.to_json()["canary"], json!("25%"));
-        for bad in [
-            req(json!(0), 5, None),
-            req(json!("-1"), 5, None),
-            req(json!(true), 5, None),
-            req(json!(1), 0, None),
-            req(json!(1), 5, Some(1.5)),
-            req(json!(1), 5, Some(-0.1)),
-        ] {
-            assert!(
-                matches!(Policy::from_request(&bad), Err(StoreError::Invalid { .. })),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn canaries_are_healthy_instances_only_and_vary() {
-        let c: Vec<(String, bool)> = vec![
-            ("p-0".into(), true),
-            ("p-1".into(), false),
-            ("p-2".into(), true),
-            ("p-3".into(), true),
-        ];
-        let mut seen = std::collections::BTreeSet::new();
-        for seed in 0..50 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let chosen = select_canaries(&c, Canary::Count(1), &mut rng);
-            assert_eq!(chosen.len(), 1);
-            assert_ne!(chosen[0], "p-1", "an unhealthy instance is never a canary");
-            seen.insert(chosen[0].clone());
-        }
-        assert!(seen.len() > 1, "the choice is random: {seen:?}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let all = select_canaries(&c, Canary::Percent(100.0), &mut rng);
-        assert_eq!(all, vec!["p-0", "p-2", "p-3"]);
-        let none = select_canaries(&[("p-1".into(), false)], Canary::Count(1), &mut rng);
-        assert!(none.is_empty());
-    }
-
-    #[test]
-    fn verdicts() {
-        let p = policy();
-        assert_eq!(judge(&p, &[live("p-0", 0, 0, 0)], false), Ok(()));
-        assert_eq!(judge(&p, &[live("p-0", 0, 0, 0)], true), Ok(()));
-        // Below the minimum sample nothing is judged during the bake, not even 100% errors...
-        assert_eq!(judge(&p, &[live("p-0", 9, 9, 900_000)], false), Ok(()));
-        // ... but at its end whatever was handled is (found by CI: a canary the routing fed only
-        // 9 requests, all errors, was promoted).
-        let e = judge(&p, &[live("p-0", 9, 9, 0)], true).unwrap_err();
-        assert!(e.starts_with("p-0: error rate 100.0% (9 of 9"), "{e}");
-        assert_eq!(judge(&p, &[live("p-0", 9, 0, 0)], true), Ok(()));
-        let e = judge(
-            &p,
-            &[live("p-0", 100, 0, 1000), live("p-2", 20, 20, 5)],
-            false,
-        )
-        .unwrap_err();
-        assert!(e.starts_with("p-2: error rate 100.0% (20 of 20"), "{e}");
-        // 1 in 100 is at the limit, 2 in 100 over it.
-        assert_eq!(judge(&p, &[live("p-0", 100, 1, 0)], false), Ok(()));
-        assert!(judge(&p, &[live("p-0", 100, 2, 0)], false).is_err());
-        let e = judge(&p, &[live("p-0", 50, 0, 600_000)], false).unwrap_err();
-        assert!(e.contains("latency 600.0 ms > max_latency_ms 500"), "{e}");
-        let mut o = live("p-3", 0, 0, 0);
-        o.presence = Presence::Live { healthy: false };
-        assert!(judge(&p, &[o.clone()], false)
-            .unwrap_err()
-            .contains("p-3 is unhealthy"));
-        o.presence = Presence::Gone;
-        assert!(judge(&p, &[o.clone()], false)
-            .unwrap_err()
-            .contains("p-3 left"));
-        o.presence = Presence::Replaced;
-        assert!(judge(&p, &[o], false)
-            .unwrap_err()
-            .contains("p-3 reconnected"));
     }
 }
