@@ -1,8 +1,7 @@
-//! [`Client`]: the handle callers publish, subscribe and request through.
+//! The methods of [`Client`], the handle callers publish, subscribe and request through (the
+//! struct itself is in `handle.rs`).
 
-use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_protocol::{encode_unsub, validate_pattern, validate_queue};
@@ -11,96 +10,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use agentwire_protocol::control::{InstanceInfo, Registration};
 
-use crate::conn::{lock, Inner, ReplyOutcome, SubEntry, SubKind};
-use crate::connect::random_token;
-use crate::control::{ConfigWatch, DiscoverQuery, Membership};
-use crate::error::{Error, ServerError};
+use crate::config::ConfigWatch;
+use crate::conn::{Inner, ReplyOutcome};
+use crate::control::{self, DiscoverQuery, Membership};
+use crate::error::{CloseReason, Error, ServerError};
 use crate::events::{ConnectionEvent, ConnectionEvents};
+use crate::handle::Client;
 use crate::headers::Headers;
+use crate::info::{ServerInfo, Statistics};
 use crate::message::{Message, OutboundMessage};
 use crate::pending::{PendingLimits, SubscribeOptions};
+use crate::subject::new_inbox;
+use crate::subs::{SubEntry, SubKind};
 use crate::subscriber::Subscriber;
-
-/// What the server said about itself and this connection in its INFO frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerInfo {
-    /// The server's id (unique per process start).
-    pub server_id: String,
-    /// The server's id for this connection.
-    pub client_id: u64,
-    /// The shard (event-loop thread) that owns this connection.
-    pub shard_id: u16,
-    /// How many shards the server runs.
-    pub shard_count: u16,
-    /// Largest headers + payload the server accepts in one message.
-    pub max_payload: u32,
-    /// The protocol version the server speaks.
-    pub version: u16,
-    /// Feature bits the server offers ([`agentwire_protocol::features`]).
-    pub features: u32,
-}
-
-/// Counters of one connection since it opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Statistics {
-    /// Messages published (including requests).
-    pub out_msgs: u64,
-    /// Bytes written to the socket.
-    pub out_bytes: u64,
-    /// Write batches (each one `write_all` of everything buffered).
-    pub writes: u64,
-    /// MSG frames received.
-    pub in_msgs: u64,
-    /// Bytes read from the socket after the handshake.
-    pub in_bytes: u64,
-    /// Reads from the socket after the handshake.
-    pub reads: u64,
-}
-
-/// A connection to an agentwire broker. Cheap to clone: clones share the connection.
-///
-/// The connection closes when [`Client::close`] or [`Client::drain`] is called, when the server
-/// or the network ends it, or when the last `Client` clone and the last [`Subscriber`] are
-/// dropped (pending publishes are still written then).
-///
-/// ```no_run
-/// # async fn example() -> Result<(), agentwire_client::Error> {
-/// let client = agentwire_client::connect("127.0.0.1:4800").await?;
-/// let mut sub = client.subscribe("greetings.>").await?;
-/// client.publish("greetings.en", "hello").await?;
-/// if let Some(msg) = sub.next().await {
-///     println!("{}: {:?}", msg.subject, msg.payload);
-/// }
-/// client.drain().await?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct Client {
-    pub(crate) inner: Arc<Inner>,
-    /// Shared by every clone and subscriber: its drop starts a graceful close.
-    _lifeline: Arc<Lifeline>,
-}
-
-/// Closes the connection gracefully when the last handle goes away.
-struct Lifeline(Arc<Inner>);
-
-impl Drop for Lifeline {
-    fn drop(&mut self) {
-        self.0.begin_close();
-    }
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("server_id", &self.inner.info.server_id)
-            .field("client_id", &self.inner.info.client_id)
-            .field("closed", &self.is_closed())
-            .finish()
-    }
-}
+use crate::sync::lock;
 
 /// Removes a pending request's entry when the request ends in any way (reply, error, timeout,
 /// or the future being dropped).
@@ -132,13 +55,6 @@ impl Drop for SubscribeGuard<'_> {
 }
 
 impl Client {
-    pub(crate) fn new(inner: Arc<Inner>) -> Client {
-        Client {
-            _lifeline: Arc::new(Lifeline(inner.clone())),
-            inner,
-        }
-    }
-
     /// Publishes `payload` on `subject`.
     ///
     /// The message is copied into the connection's write buffer and sent with others in one
@@ -464,16 +380,16 @@ impl Client {
 
     /// A new unique subject for replies: `_INBOX.` and 22 random characters.
     pub fn new_inbox(&self) -> String {
-        format!("_INBOX.{}", random_token())
+        new_inbox()
     }
 
     /// What the server said in its INFO frame.
-    pub fn server_info(&self) -> &crate::ServerInfo {
+    pub fn server_info(&self) -> &ServerInfo {
         &self.inner.info
     }
 
     /// Counters of this connection.
-    pub fn statistics(&self) -> crate::Statistics {
+    pub fn statistics(&self) -> Statistics {
         self.inner.statistics()
     }
 
@@ -505,7 +421,7 @@ impl Client {
         drop(subs);
         let requests = std::mem::take(&mut *lock(&inner.requests));
         for (_, tx) in requests {
-            let _ = tx.send(ReplyOutcome::Closed(crate::error::CloseReason::Closed));
+            let _ = tx.send(ReplyOutcome::Closed(CloseReason::Closed));
         }
         let closed = inner.close().await;
         flushed.and(closed)
@@ -567,12 +483,12 @@ impl Client {
     /// [`Error::AlreadyRegistered`] on a second call, [`Error::ControlTimeout`] without an
     /// answer in time, [`Error::Closed`] or [`Error::Server`] when the connection closes first.
     pub async fn register(&self, registration: Registration) -> Result<Membership, Error> {
-        crate::control::register(self, registration).await
+        control::register(self, registration).await
     }
 
     /// The handle of this connection's registration, while it is registered.
     pub fn membership(&self) -> Option<Membership> {
-        crate::control::membership(self)
+        control::membership(self)
     }
 
     /// The registered component's config as a stream: the current version first, then every
@@ -608,7 +524,7 @@ impl Client {
     /// sent), [`Error::ControlTimeout`] without an answer within the request timeout,
     /// [`Error::Closed`] or [`Error::Server`] when the connection closes first.
     pub async fn discover(&self, query: DiscoverQuery) -> Result<Vec<InstanceInfo>, Error> {
-        crate::control::discover(self, query).await
+        control::discover(self, query).await
     }
 
     /// Why the client closed, as the error later calls get: `None` while it is open (also while
@@ -621,7 +537,7 @@ impl Client {
             self.inner
                 .close_reason
                 .get()
-                .map_or(Error::Closed, crate::error::CloseReason::to_error),
+                .map_or(Error::Closed, CloseReason::to_error),
         )
     }
 
@@ -655,7 +571,7 @@ impl Client {
     /// The fatal ERR that closed the connection, if the server closed it with one.
     pub fn fatal_error(&self) -> Option<ServerError> {
         match self.inner.close_reason.get() {
-            Some(crate::error::CloseReason::Server(e)) => Some(e.clone()),
+            Some(CloseReason::Server(e)) => Some(e.clone()),
             _ => None,
         }
     }

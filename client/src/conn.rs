@@ -1,14 +1,17 @@
 //! The state one connection shares between the caller's handles and its two background tasks.
 //!
 //! Who owns what:
-//! - callers ([`crate::Client`], [`crate::Subscriber`]) append frames to the write buffer and
-//!   insert or remove subscriptions and pending requests;
-//! - the writer task ([`crate::writer`]) swaps the write buffer out and writes it to the socket;
-//! - the reader task ([`crate::reader`]) decodes frames and dispatches them to subscriptions,
+//! - callers ([`crate::Client`], [`crate::Subscriber`]) append frames to the write buffer
+//!   (`outbound.rs`) and insert or remove subscriptions (`subs.rs`) and pending requests;
+//! - the writer task (`writer.rs`) swaps the write buffer out and writes it to the socket;
+//! - the reader task (`reader.rs`) decodes frames and dispatches them to subscriptions,
 //!   pending requests and flush waiters;
-//! - the control plane ([`crate::control`]) keeps the registration, heartbeat task and pending
-//!   discoveries under `control`;
-//! - [`Inner::teardown`] (called once by whichever side sees the end) fails everything pending.
+//! - the control plane (`control.rs`) keeps the registration, heartbeat task and pending
+//!   discoveries under `control` (`control_state.rs`);
+//! - [`Inner::teardown`] (called once by whichever side sees the end) fails everything pending;
+//!   [`Inner::connection_lost`] hands a dropped connection to the reconnect loop through the
+//!   [`Reconnect`] trait (the loop sits above this module: it starts new reader and writer
+//!   tasks).
 //!
 //! Locks are `std` mutexes, never held across an `.await`. Lock order: `subs` before `write`,
 //! `subs` before `requests`, `subs` before `control` before `write`; nothing takes `subs` while
@@ -16,26 +19,30 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use agentwire_protocol::{encode_pub, encode_sub, encode_unsub, frame_len, parse_frame, Frame};
+use agentwire_protocol::{frame_len, parse_frame, Frame};
 use bytes::BytesMut;
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 
-use crate::control::ControlState;
+use crate::control_state::{on_disconnect, on_teardown, ControlState};
 use crate::error::{CloseReason, Error, ServerError};
-use crate::headers::Headers;
+use crate::events::{ConnectionEvent, EventHub};
+use crate::info::{ServerInfo, Statistics};
 use crate::message::Message;
-use crate::pending::{PendingCounters, PendingLimits};
-use crate::{ServerInfo, Statistics};
+use crate::pending::PendingLimits;
+use crate::subs::SubEntry;
+use crate::sync::lock;
 
-/// Locks a mutex, ignoring poisoning: no code in this crate panics while holding one, and the
-/// guarded state stays consistent between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// How a connection reconnects after a drop ([`crate::reconnect::Reconnector`]). A trait object,
+/// so this state does not depend on the reconnect loop, which sits above it (it redoes the
+/// handshake and starts a new reader and writer, which use this state).
+pub(crate) trait Reconnect: Send + Sync {
+    /// Starts the reconnect loop of the dropped connection `inner` in a new task.
+    fn start(self: Arc<Self>, inner: Arc<Inner>);
 }
 
 /// Settings fixed at connect time.
@@ -50,7 +57,7 @@ pub(crate) struct Settings {
     /// Bytes publishes may buffer while the client reconnects.
     pub(crate) reconnect_buffer_size: usize,
     /// Default pending limits of a subscription.
-    pub(crate) pending_limits: crate::pending::PendingLimits,
+    pub(crate) pending_limits: PendingLimits,
     /// Nothing read for this long: the keepalive PINGs the server (zero: no keepalive).
     pub(crate) ping_interval: Duration,
     /// Keepalive PINGs in a row with nothing read back before the connection is stale.
@@ -89,95 +96,6 @@ pub(crate) struct WriteState {
     pub(crate) disconnected: bool,
     /// Bumped at every drop: a reader or writer of an older connection does nothing.
     pub(crate) generation: u64,
-}
-
-/// Where the reader sends the messages of one subscription.
-#[derive(Debug)]
-pub(crate) enum SubKind {
-    /// A [`crate::Subscriber`]'s channel; the reader sends each read batch's messages for the
-    /// subscription as one `Vec` (one channel operation and at most one wake-up per batch).
-    Stream(mpsc::UnboundedSender<Vec<Message>>),
-    /// The shared request inbox: replies go to [`Inner::requests`] by token.
-    Inbox,
-}
-
-/// One active subscription, as the reader sees it.
-#[derive(Debug)]
-pub(crate) struct SubEntry {
-    pub(crate) kind: SubKind,
-    /// The subject or pattern, re-sent after a reconnect.
-    pub(crate) subject: String,
-    /// The queue group (empty for none), re-sent after a reconnect.
-    pub(crate) queue: String,
-    /// Messages the reader has dispatched to it.
-    pub(crate) delivered: u64,
-    /// End after this many deliveries in all (0: no limit).
-    pub(crate) max: u64,
-    /// Whether the server was told the same limit (otherwise the client unsubscribes itself when
-    /// the limit is reached).
-    pub(crate) server_limited: bool,
-    /// Messages of the current read batch not yet sent to the stream.
-    pub(crate) pending: Vec<Message>,
-    /// Bytes of `pending` (as counted toward the byte limit).
-    pub(crate) pending_bytes: u64,
-    /// The stream's pending counters when the current batch's first message for it came (the
-    /// consumer only lowers them meanwhile, so this plus `pending` never under-counts).
-    pub(crate) base: (u64, u64),
-    /// Limits on what the stream may hold that its consumer has not taken.
-    pub(crate) limits: PendingLimits,
-    /// Pending and dropped counts shared with the [`crate::Subscriber`].
-    pub(crate) counters: Arc<PendingCounters>,
-    /// Dropping messages (a limit was hit and the stream has not drained to half the limits
-    /// since): the next drop is not reported again.
-    pub(crate) slow: bool,
-}
-
-impl SubEntry {
-    pub(crate) fn new(kind: SubKind, subject: &str, queue: &str) -> SubEntry {
-        SubEntry::with_limits(kind, subject, queue, PendingLimits::default()).0
-    }
-
-    /// An entry with pending limits; returns the counters to share with its subscriber.
-    pub(crate) fn with_limits(
-        kind: SubKind,
-        subject: &str,
-        queue: &str,
-        limits: PendingLimits,
-    ) -> (SubEntry, Arc<PendingCounters>) {
-        let counters = Arc::new(PendingCounters::default());
-        let entry = SubEntry {
-            kind,
-            subject: subject.to_owned(),
-            queue: queue.to_owned(),
-            delivered: 0,
-            max: 0,
-            server_limited: false,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            base: (0, 0),
-            limits,
-            counters: counters.clone(),
-            slow: false,
-        };
-        (entry, counters)
-    }
-
-    /// Hands the messages of the current batch to the stream, counted as pending. `false` when
-    /// the subscriber is gone.
-    pub(crate) fn send_pending(&mut self) -> bool {
-        if self.pending.is_empty() {
-            return true;
-        }
-        let batch = std::mem::take(&mut self.pending);
-        let bytes = std::mem::take(&mut self.pending_bytes);
-        match &self.kind {
-            SubKind::Stream(tx) => {
-                self.counters.add(batch.len() as u64, bytes);
-                tx.send(batch).is_ok()
-            }
-            SubKind::Inbox => true,
-        }
-    }
 }
 
 /// What a pending request receives.
@@ -232,11 +150,11 @@ pub(crate) struct Inner {
     pub(crate) out_bytes: AtomicU64,
     pub(crate) writes: AtomicU64,
     /// How to reconnect when the connection drops (`None`: reconnect is off).
-    pub(crate) reconnect: Option<crate::reconnect::Reconnector>,
+    pub(crate) reconnect: Option<Arc<dyn Reconnect>>,
     /// The address of the current (or last) connection.
     pub(crate) addr: Mutex<String>,
     /// Listeners of [`crate::Client::events`].
-    pub(crate) events: crate::events::EventHub,
+    pub(crate) events: EventHub,
 }
 
 impl Inner {
@@ -244,7 +162,7 @@ impl Inner {
         info: ServerInfo,
         settings: Settings,
         inbox_prefix: String,
-        reconnect: Option<crate::reconnect::Reconnector>,
+        reconnect: Option<Arc<dyn Reconnect>>,
         addr: String,
     ) -> Inner {
         Inner {
@@ -277,7 +195,7 @@ impl Inner {
             writes: AtomicU64::new(0),
             reconnect,
             addr: Mutex::new(addr),
-            events: crate::events::EventHub::default(),
+            events: EventHub::default(),
         }
     }
 
@@ -295,314 +213,9 @@ impl Inner {
         }
     }
 
-    /// Checks a publish before anything is encoded.
-    pub(crate) fn check_publish(
-        &self,
-        subject: &str,
-        reply: Option<&str>,
-        headers: Option<&Headers>,
-        payload_len: usize,
-    ) -> Result<(), Error> {
-        check_literal(subject)?;
-        if let Some(r) = reply {
-            check_literal(r)?;
-        }
-        let hlen = match headers {
-            Some(h) if !h.is_empty() => {
-                if self.info.features & agentwire_protocol::features::HEADERS == 0 {
-                    return Err(Error::HeadersNotSupported);
-                }
-                h.as_encoded().len()
-            }
-            _ => 0,
-        };
-        let len = hlen.saturating_add(payload_len);
-        if len > self.info.max_payload as usize {
-            return Err(Error::PayloadTooLarge {
-                len,
-                max: self.info.max_payload,
-            });
-        }
-        Ok(())
-    }
-
-    /// Appends a PUB (already checked) to the write buffer, waiting for space if needed.
-    pub(crate) async fn enqueue_pub(
-        &self,
-        subject: &str,
-        reply: &str,
-        headers: Option<&Headers>,
-        payload: &[u8],
-    ) -> Result<(), Error> {
-        let hdr = headers.map_or(&[][..], Headers::as_encoded);
-        if self.settings.stamp_send_time {
-            let mut block = BytesMut::with_capacity(hdr.len() + 32);
-            block.extend_from_slice(hdr);
-            let us = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-            agentwire_protocol::headers::encode_header(
-                &mut block,
-                crate::SENT_AT_HEADER.as_bytes(),
-                us.to_string().as_bytes(),
-            )?;
-            return self
-                .enqueue(true, |b| {
-                    encode_pub(b, subject.as_bytes(), reply.as_bytes(), &block, payload)
-                        .map_err(Error::from)
-                })
-                .await;
-        }
-        self.enqueue(true, |b| {
-            encode_pub(b, subject.as_bytes(), reply.as_bytes(), hdr, payload).map_err(Error::from)
-        })
-        .await
-    }
-
-    /// Appends a SUB to the write buffer, waiting for space if needed.
-    ///
-    /// `generation` is the write generation when the subscription entered `subs`: if the
-    /// connection dropped since (or is down), the reconnect re-sends the SUB and none is queued.
-    pub(crate) async fn enqueue_sub(
-        &self,
-        sid: u32,
-        subject: &str,
-        queue: &str,
-        generation: u64,
-    ) -> Result<(), Error> {
-        {
-            let w = self.write.lock();
-            if !w.closed && !w.closing && (w.disconnected || w.generation != generation) {
-                return Ok(());
-            }
-        }
-        self.enqueue(false, |b| {
-            encode_sub(b, sid, subject.as_bytes(), queue.as_bytes()).map_err(Error::from)
-        })
-        .await
-    }
-
     /// The current write generation (see [`WriteState::generation`]).
     pub(crate) fn generation(&self) -> u64 {
         self.write.lock().generation
-    }
-
-    /// Appends frames produced by `encode`, waiting while the pending bytes are over the limit.
-    /// The fast path takes the lock once and does not touch the `drained` notifier.
-    async fn enqueue<F>(&self, count_msg: bool, mut encode: F) -> Result<(), Error>
-    where
-        F: FnMut(&mut BytesMut) -> Result<(), Error>,
-    {
-        if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
-            return done;
-        }
-        let after = self.settings.request_timeout;
-        loop {
-            let notified = self.drained.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(done) = self.try_enqueue(count_msg, &mut encode) {
-                return done;
-            }
-            // Every completed write wakes us; none for a whole request timeout means the socket
-            // accepts nothing: the server is not reading.
-            if tokio::time::timeout(after, notified).await.is_err() {
-                let w = self.write.lock();
-                return Err(Error::WriteStalled {
-                    after,
-                    pending: w.buf.len() + w.in_flight,
-                });
-            }
-        }
-    }
-
-    /// `None` when the buffer is over the limit (the caller waits and retries).
-    #[inline]
-    fn try_enqueue<F>(&self, count_msg: bool, encode: &mut F) -> Option<Result<(), Error>>
-    where
-        F: FnMut(&mut BytesMut) -> Result<(), Error>,
-    {
-        let mut w = self.write.lock();
-        if w.closed || w.closing {
-            return Some(Err(Error::Closed));
-        }
-        if w.disconnected {
-            // Reconnecting: buffer up to the reconnect buffer size, never wait.
-            let limit = self.settings.reconnect_buffer_size;
-            let mark = w.buf.len();
-            if let Err(e) = encode(&mut w.buf) {
-                w.buf.truncate(mark);
-                return Some(Err(e));
-            }
-            if w.buf.len() > limit {
-                w.buf.truncate(mark);
-                return Some(Err(Error::ReconnectBufferFull {
-                    limit,
-                    pending: mark,
-                }));
-            }
-            if count_msg {
-                w.out_msgs += 1;
-            }
-            return Some(Ok(()));
-        }
-        if w.buf.len() + w.in_flight >= self.settings.write_buffer_limit {
-            return None;
-        }
-        let was_empty = w.buf.is_empty();
-        if let Err(e) = encode(&mut w.buf) {
-            return Some(Err(e));
-        }
-        if count_msg {
-            w.out_msgs += 1;
-        }
-        drop(w);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Some(Ok(()))
-    }
-
-    /// Appends small control frames (UNSUB, PONG, the inbox SUB) without waiting for space:
-    /// they must go out even when called from `Drop` or from the reader.
-    pub(crate) fn enqueue_control(
-        &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let mut w = self.write.lock();
-        if w.closed {
-            return Err(Error::Closed);
-        }
-        let was_empty = w.buf.is_empty();
-        encode(&mut w.buf)?;
-        drop(w);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Sends a PING and registers a waiter resolved by the matching PONG.
-    pub(crate) fn ping(&self) -> Result<oneshot::Receiver<Result<(), CloseReason>>, Error> {
-        let mut w = self.write.lock();
-        if w.closed || w.closing {
-            return Err(Error::Closed);
-        }
-        let (tx, rx) = oneshot::channel();
-        w.pong_waiters.push_back(tx);
-        w.pings_sent += 1;
-        let was_empty = w.buf.is_empty();
-        agentwire_protocol::encode_ping(&mut w.buf);
-        drop(w);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Ok(rx)
-    }
-
-    /// Appends the frames produced by `encode` followed by a PING, in one step (without waiting
-    /// for buffer space: control frames are small). Returns the PING's number, which the reader
-    /// compares with the PONGs it has seen to know whether the server has processed the frames.
-    pub(crate) fn send_with_ping(
-        &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<u64, Error> {
-        let mut w = self.write.lock();
-        if w.closed || w.closing {
-            return Err(Error::Closed);
-        }
-        let was_empty = w.buf.is_empty();
-        let mark = w.buf.len();
-        if let Err(e) = encode(&mut w.buf) {
-            w.buf.truncate(mark);
-            return Err(e);
-        }
-        // The PONG must resolve a waiter of its own to keep PONGs and waiters in step; nobody
-        // waits on this one.
-        let (tx, _) = oneshot::channel();
-        w.pong_waiters.push_back(tx);
-        w.pings_sent += 1;
-        let seq = w.pings_sent;
-        agentwire_protocol::encode_ping(&mut w.buf);
-        drop(w);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Ok(seq)
-    }
-
-    /// Sends a PING and waits for its PONG, bounded by the request timeout.
-    pub(crate) async fn flush(&self) -> Result<(), Error> {
-        let rx = self.ping()?;
-        let after = self.settings.request_timeout;
-        match tokio::time::timeout(after, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(reason.to_error()),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::FlushTimeout { after }),
-        }
-    }
-
-    /// Creates the request inbox subscription on first use. The SUB is appended while `subs` is
-    /// held, and the sid published after, so no request's PUB can precede the SUB.
-    pub(crate) fn ensure_inbox(&self) -> Result<(), Error> {
-        if self.inbox_sid.load(Ordering::Acquire) != 0 {
-            return Ok(());
-        }
-        let mut subs = lock(&self.subs);
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        if self.inbox_sid.load(Ordering::Acquire) != 0 {
-            return Ok(());
-        }
-        let sid = self.alloc_sid();
-        let pattern = format!("{}.>", self.inbox_prefix);
-        self.enqueue_control_connected(|b| {
-            encode_sub(b, sid, pattern.as_bytes(), b"").map_err(Error::from)
-        })?;
-        subs.insert(sid, SubEntry::new(SubKind::Inbox, &pattern, ""));
-        self.inbox_sid.store(sid, Ordering::Release);
-        Ok(())
-    }
-
-    /// Removes a subscription and tells the server, unless it already ended. Returns whether it
-    /// was still active.
-    pub(crate) fn remove_sub(&self, sid: u32) -> Result<bool, Error> {
-        let mut subs = lock(&self.subs);
-        let removed = subs.remove(&sid).is_some();
-        if removed && !self.is_closed() {
-            // Under `subs`, so a reconnect's re-subscribe either still had it or never sends it.
-            self.enqueue_control_connected(|b| {
-                encode_unsub(b, sid, 0);
-                Ok(())
-            })?;
-        }
-        drop(subs);
-        Ok(removed)
-    }
-
-    /// As [`Inner::enqueue_control`], but queues nothing while the client is reconnecting (for
-    /// SUB and UNSUB frames, which the re-subscribe after the reconnect covers). Callers hold
-    /// `subs`.
-    pub(crate) fn enqueue_control_connected(
-        &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let mut w = self.write.lock();
-        if w.closed {
-            return Err(Error::Closed);
-        }
-        if w.disconnected {
-            return Ok(());
-        }
-        let was_empty = w.buf.is_empty();
-        encode(&mut w.buf)?;
-        drop(w);
-        if was_empty {
-            self.writer_wake.notify_one();
-        }
-        Ok(())
     }
 
     /// Starts a graceful close: nothing new is accepted; the writer sends what is buffered, shuts
@@ -662,7 +275,7 @@ impl Inner {
         for (_, tx) in requests {
             let _ = tx.send(ReplyOutcome::Closed(CloseReason::Disconnected));
         }
-        crate::control::on_disconnect(self);
+        on_disconnect(&self.control);
         if origin != Origin::Reader {
             if let Some(h) = lock(&self.reader_task).take() {
                 h.abort();
@@ -676,8 +289,10 @@ impl Inner {
         self.drained.notify_waiters();
         tracing::debug!(client_id = self.info.client_id, reason = %why, "connection lost; reconnecting");
         self.events
-            .emit(crate::events::ConnectionEvent::Disconnected { reason: why });
-        tokio::spawn(crate::reconnect::run(self.clone()));
+            .emit(ConnectionEvent::Disconnected { reason: why });
+        if let Some(rc) = &self.reconnect {
+            rc.clone().start(self.clone());
+        }
     }
 
     /// Whether connection `generation` is the live one (not dropped, reconnecting or closed).
@@ -770,7 +385,7 @@ impl Inner {
         for (_, tx) in requests {
             let _ = tx.send(ReplyOutcome::Closed(reason.clone()));
         }
-        crate::control::on_teardown(self);
+        on_teardown(&self.control);
         if origin != Origin::Reader {
             if let Some(h) = lock(&self.reader_task).take() {
                 h.abort();
@@ -783,7 +398,7 @@ impl Inner {
         }
         self.torn_down.store(true, Ordering::Release);
         self.done.notify_waiters();
-        self.events.close(crate::events::ConnectionEvent::Closed {
+        self.events.close(ConnectionEvent::Closed {
             reason: reason.to_error().to_string(),
         });
         tracing::debug!(
@@ -828,32 +443,10 @@ fn keep_publishes(buf: &[u8], inbox_prefix: &[u8]) -> BytesMut {
     out
 }
 
-/// Validates a publish or reply subject.
-pub(crate) fn check_literal(subject: &str) -> Result<(), Error> {
-    thread_local! {
-        /// The last subject this thread found valid: publishers mostly repeat a subject, and
-        /// validity depends on the bytes alone, so a repeat skips the grammar check.
-        static LAST_VALID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let bytes = subject.as_bytes();
-    // An empty subject is never valid, and the cache starts empty: never a hit for it.
-    if !bytes.is_empty() && LAST_VALID.with(|l| l.borrow().as_slice() == bytes) {
-        return Ok(());
-    }
-    agentwire_protocol::validate_literal(bytes).map_err(|source| Error::InvalidSubject {
-        subject: subject.to_owned(),
-        source,
-    })?;
-    LAST_VALID.with(|l| {
-        let mut l = l.borrow_mut();
-        l.clear();
-        l.extend_from_slice(bytes);
-    });
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use agentwire_protocol::{encode_pub, encode_sub, encode_unsub};
+
     use super::*;
 
     #[test]
@@ -870,19 +463,5 @@ mod tests {
         encode_pub(&mut want, b"a.two", b"x.reply", b"", b"2").expect("PUB");
         assert_eq!(keep_publishes(&buf, b"_INBOX.abc"), want);
         assert!(keep_publishes(&[], b"_INBOX.abc").is_empty());
-    }
-
-    #[test]
-    fn subject_check_cache_never_lets_an_invalid_subject_through() {
-        assert!(check_literal("").is_err(), "empty, with an empty cache");
-        assert!(check_literal("orders.new").is_ok());
-        assert!(check_literal("orders.new").is_ok(), "cached");
-        assert!(check_literal("").is_err());
-        assert!(check_literal("orders.*").is_err());
-        assert!(
-            check_literal("orders.*").is_err(),
-            "invalid ones are not cached"
-        );
-        assert!(check_literal("orders.new").is_ok());
     }
 }

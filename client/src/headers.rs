@@ -9,6 +9,11 @@ use std::fmt;
 use agentwire_protocol::headers::{self as wire, HeaderError};
 use bytes::{Bytes, BytesMut};
 
+/// The header a client stamps on every publish when [`crate::ConnectOptions::stamp_send_time`] is
+/// on: the send time in µs since the Unix epoch, read by the broker for its publish → deliver
+/// latency histogram.
+pub const SENT_AT_HEADER: &str = "Aw-Sent-Us";
+
 /// Message headers: an ordered list of (name, value) entries where a name may repeat.
 ///
 /// Names are 1 to 255 bytes of printable ASCII other than `:`, compared exactly (case matters);

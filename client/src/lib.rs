@@ -79,21 +79,33 @@
 //! after [`ConnectOptions::max_pings_out`] PINGs with no answer.
 
 mod client;
+mod config;
 mod conn;
 mod connect;
 mod control;
+mod control_frames;
+mod control_state;
 mod credentials;
 mod error;
 mod events;
+mod handle;
+mod handshake;
 mod headers;
+mod heartbeat;
+mod info;
 mod keepalive;
 mod load;
 mod message;
+mod options;
+mod outbound;
 mod pending;
 mod reader;
 mod reconnect;
 mod subject;
+mod subs;
 mod subscriber;
+mod sync;
+mod tasks;
 mod transport;
 mod writer;
 
@@ -103,27 +115,24 @@ pub use agentwire_protocol::control::{
 pub use agentwire_protocol::headers::HeaderError;
 pub use agentwire_protocol::{ErrorCode, SubjectError};
 pub use bytes::Bytes;
-pub use client::{Client, ServerInfo, Statistics};
-pub use connect::{
+pub use config::{ConfigSnapshot, ConfigWatch};
+pub use control::{DiscoverQuery, Membership};
+pub use credentials::{Credentials, CredentialsError};
+pub use error::{Error, HandshakeError, ServerError};
+pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
+pub use handle::Client;
+pub use headers::{Headers, Iter as HeadersIter, SENT_AT_HEADER};
+pub use info::{ServerInfo, Statistics};
+pub use load::LoadReporter;
+pub use message::{Message, OutboundMessage};
+pub use options::{
     ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PINGS_OUT, DEFAULT_PING_INTERVAL,
     DEFAULT_READ_BUFFER_SIZE, DEFAULT_RECONNECT_BUFFER_SIZE, DEFAULT_RECONNECT_DELAY_MAX,
     DEFAULT_RECONNECT_DELAY_MIN, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_BUFFER_LIMIT,
 };
-pub use control::{ConfigSnapshot, ConfigWatch, DiscoverQuery, Membership};
-pub use credentials::{Credentials, CredentialsError};
-pub use error::{Error, HandshakeError, ServerError};
-pub use events::{ConnectionEvent, ConnectionEvents, EVENT_CAPACITY};
-pub use headers::{Headers, Iter as HeadersIter};
-pub use load::LoadReporter;
-pub use message::{Message, OutboundMessage};
 pub use pending::{SubscribeOptions, DEFAULT_PENDING_BYTES, DEFAULT_PENDING_MSGS};
 pub use subject::Subject;
 pub use subscriber::Subscriber;
-
-/// The header a client stamps on every publish when [`ConnectOptions::stamp_send_time`] is on:
-/// the send time in µs since the Unix epoch, read by the broker for its publish → deliver
-/// latency histogram.
-pub const SENT_AT_HEADER: &str = "Aw-Sent-Us";
 
 /// Connects to the broker at `addr` (`host:port`, e.g. `"127.0.0.1:4800"`) with default
 /// [`ConnectOptions`].

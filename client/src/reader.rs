@@ -18,13 +18,16 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncReadExt;
 
-use crate::conn::{lock, Inner, Origin, ReplyOutcome, SubEntry, SubKind};
+use crate::conn::{Inner, Origin, ReplyOutcome};
+use crate::control_frames;
 use crate::error::{CloseReason, Error, ServerError};
 use crate::events::ConnectionEvent;
 use crate::headers::Headers;
 use crate::message::Message;
 use crate::pending::pending_size;
 use crate::subject::Subject;
+use crate::subs::{SubEntry, SubKind};
+use crate::sync::lock;
 
 /// Spare capacity below which the read buffer is grown before the next read.
 const MIN_SPARE: usize = 4096;
@@ -186,7 +189,7 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
                     fatal = Some(err);
                     break;
                 }
-                if crate::control::on_err(inner, &err, pongs_before + pongs as u64) {
+                if control_frames::on_err(inner, &err, pongs_before + pongs as u64) {
                     tracing::debug!(error = %err, "registration refused");
                 } else {
                     tracing::warn!(error = %err, "server error");
@@ -196,7 +199,7 @@ fn process_batch(inner: &Arc<Inner>, batch: &Bytes) -> Result<Option<ServerError
             Frame::Unknown { op, .. } if op == agentwire_protocol::op::LAMEDUCK => {
                 inner.lame_duck.store(true, Ordering::Release);
             }
-            Frame::Unknown { op, body, .. } => crate::control::on_frame(inner, op, body),
+            Frame::Unknown { op, body, .. } => control_frames::on_frame(inner, op, body),
             Frame::Info(_) => {}
             other => tracing::debug!(op = other.op(), "ignoring a client-only frame"),
         }

@@ -10,9 +10,14 @@ use agentwire_protocol::{encode_sub, encode_unsub};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 
-use crate::conn::{lock, Inner, Origin};
-use crate::connect::{start_tasks, ConnectOptions};
+use crate::conn::{Inner, Origin, Reconnect};
+use crate::control_state::encode_reregister;
 use crate::error::CloseReason;
+use crate::events::ConnectionEvent;
+use crate::handshake;
+use crate::options::ConnectOptions;
+use crate::sync::lock;
+use crate::tasks::start_tasks;
 
 /// What a connection needs to reconnect: its options and server list.
 #[derive(Debug)]
@@ -33,13 +38,16 @@ impl Reconnector {
     }
 }
 
+impl Reconnect for Reconnector {
+    fn start(self: Arc<Self>, inner: Arc<Inner>) {
+        tokio::spawn(run(inner, self));
+    }
+}
+
 /// The reconnect loop: one attempt per backoff wait until one succeeds, the client closes, or
 /// `max_reconnects` attempts in a row have failed (then the client closes with
 /// [`CloseReason::ReconnectFailed`]).
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let Some(rc) = inner.reconnect.as_ref() else {
-        return;
-    };
+async fn run(inner: Arc<Inner>, rc: Arc<Reconnector>) {
     if rc.addrs.is_empty() {
         inner.teardown(CloseReason::ReconnectFailed(0), Origin::User);
         return;
@@ -69,7 +77,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         let Some(addr) = rc.addrs.get(index) else {
             return;
         };
-        match rc.opts.open(addr).await {
+        match handshake::open(&rc.opts, addr).await {
             Ok((stream, _info, leftover)) => {
                 let Some(generation) = resubscribe(&inner) else {
                     return; // closed meanwhile
@@ -77,13 +85,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 *lock(&inner.addr) = addr.clone();
                 start_tasks(&inner, stream, leftover, rc.opts.read_size(), generation);
                 tracing::debug!(addr = %addr, attempts = failed + 1, "reconnected");
-                inner
-                    .events
-                    .emit(crate::events::ConnectionEvent::Reconnected {
-                        addr: addr.clone(),
-                        after: dropped_at.elapsed(),
-                        attempts: failed.saturating_add(1),
-                    });
+                inner.events.emit(ConnectionEvent::Reconnected {
+                    addr: addr.clone(),
+                    after: dropped_at.elapsed(),
+                    attempts: failed.saturating_add(1),
+                });
                 return;
             }
             Err(e) => {
@@ -128,7 +134,7 @@ fn resubscribe(inner: &Inner) -> Option<u64> {
             }
         }
     }
-    crate::control::encode_reregister(&control, &mut out);
+    encode_reregister(&control, &mut out);
     out.extend_from_slice(&w.buf);
     w.buf = out;
     w.disconnected = false;

@@ -4,6 +4,8 @@
 //! socket, so building a [`crate::Message`] copies nothing. The bytes are checked once, when the
 //! `Subject` is built; reading them as `&str` afterwards is a fast re-check of bytes already known
 //! to be valid (there is no `unsafe` in this crate to skip it).
+//!
+//! Also [`new_inbox`]: a fresh, unique subject for replies.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -11,6 +13,8 @@ use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 use bytes::Bytes;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
 
 /// A subject string backed by [`Bytes`]: cloning it is a reference-count increment.
 ///
@@ -148,6 +152,17 @@ impl PartialEq<Subject> for &str {
     fn eq(&self, other: &Subject) -> bool {
         self.as_bytes() == other.as_bytes()
     }
+}
+
+/// A new unique subject for replies: `_INBOX.` and 22 random alphanumeric characters (about 131
+/// bits).
+pub(crate) fn new_inbox() -> String {
+    let token: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(22)
+        .map(char::from)
+        .collect();
+    format!("_INBOX.{token}")
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use agentwire_protocol::encode_unsub;
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
-use crate::client::Client;
-use crate::conn::lock;
 use crate::error::Error;
+use crate::handle::Client;
 use crate::message::Message;
 use crate::pending::{pending_size, PendingCounters, PendingLimits};
+use crate::sync::lock;
 
 /// The messages of one subscription, as a [`Stream`] (or with [`Subscriber::next`]).
 ///

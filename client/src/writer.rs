@@ -8,12 +8,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::transport::WriteHalf;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use crate::conn::{Inner, Origin};
 use crate::error::CloseReason;
+use crate::transport::WriteHalf;
 
 /// Initial capacity of each of the two write buffers.
 const INITIAL_CAPACITY: usize = 64 * 1024;
