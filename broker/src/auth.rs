@@ -18,7 +18,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::config::UserConfig;
+use crate::config::{Config, ConfigError, UserConfig};
 
 /// Publish decisions a connection remembers (cleared when full).
 const PUB_CACHE: usize = 4096;
@@ -475,6 +475,32 @@ impl ConnAuth {
             Some(l) => l.iter().any(|c| c == component),
         }
     }
+}
+
+/// Says in the log whether clients must authenticate (never printing a secret).
+pub(crate) fn log_auth(auth: &Auth) {
+    if auth.enabled() {
+        tracing::info!(?auth, "client authentication on");
+        for u in auth.plaintext_users() {
+            tracing::warn!(
+                user = %u,
+                "user has a plaintext token in the config file; prefer token_hash (agentwire hash-token) or public_key"
+            );
+        }
+    } else {
+        tracing::info!("no [[users]] configured: clients are not authenticated (open broker)");
+    }
+}
+
+/// Checks a whole configuration: its values ([`Config::validate`]) and its `[[users]]` rules
+/// (compiled as at start).
+///
+/// # Errors
+/// The first bad value or user rule, named.
+pub fn check_config(config: &Config) -> Result<(), ConfigError> {
+    config.validate()?;
+    Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
+    Ok(())
 }
 
 #[cfg(test)]

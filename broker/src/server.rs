@@ -320,7 +320,7 @@ fn start_parts(
     parts: Parts,
 ) -> Result<ServerHandle, StartError> {
     let auth = crate::auth::Auth::compile(&config.users).map_err(ConfigError::Invalid)?;
-    log_auth(&auth);
+    crate::auth::log_auth(&auth);
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let tls = match &config.tls {
@@ -378,21 +378,6 @@ fn start_parts(
         attach_to,
         attach_next: AtomicUsize::new(0),
     })
-}
-
-/// Says in the log whether clients must authenticate (never printing a secret).
-pub(crate) fn log_auth(auth: &crate::auth::Auth) {
-    if auth.enabled() {
-        tracing::info!(?auth, "client authentication on");
-        for u in auth.plaintext_users() {
-            tracing::warn!(
-                user = %u,
-                "user has a plaintext token in the config file; prefer token_hash (agentwire hash-token) or public_key"
-            );
-        }
-    } else {
-        tracing::info!("no [[users]] configured: clients are not authenticated (open broker)");
-    }
 }
 
 fn accept_loop(

@@ -177,7 +177,7 @@ fn build_config(a: &ServeArgs) -> Result<Config, String> {
             }
         }
     }
-    cfg.validate().map_err(|e| e.to_string())?;
+    agentwire_broker::auth::check_config(&cfg).map_err(|e| e.to_string())?;
     Ok(cfg)
 }
 

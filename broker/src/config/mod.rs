@@ -450,7 +450,9 @@ impl Config {
         }
     }
 
-    /// Checks ranges.
+    /// Checks ranges. The `[[users]]` rules (keys, token hashes, subject patterns) are checked
+    /// when they are compiled ([`crate::auth::Auth::compile`]): at start, on reload, and by
+    /// [`crate::auth::check_config`], which does both.
     ///
     /// # Errors
     /// The first value out of range, named.
@@ -521,7 +523,6 @@ impl Config {
                 )));
             }
         }
-        crate::auth::Auth::compile(&self.users).map_err(ConfigError::Invalid)?;
         self.alerts.validate().map_err(ConfigError::Invalid)?;
         for t in &a.tokens {
             if t.token.len() < 16 {

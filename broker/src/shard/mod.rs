@@ -213,7 +213,7 @@ impl Global {
         config.validate()?;
         let auth = crate::auth::Auth::compile(&config.users)
             .map_err(crate::config::ConfigError::Invalid)?;
-        crate::server::log_auth(&auth);
+        crate::auth::log_auth(&auth);
         let users = config.users.len();
         self.auth.store(Arc::new(auth));
         self.limits.store(Arc::new(config.limits));

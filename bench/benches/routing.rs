@@ -12,7 +12,7 @@
 //! and on subjects that match nothing; and `MatchCache::lookup` when the subject is cached
 //! (the broker's steady state for a hot subject). Each iteration looks up 1,024 subjects.
 //!
-//! Run with `cargo bench -p agentwire-broker --bench routing` (not part of CI).
+//! Run with `cargo bench -p agentwire-bench --bench routing` (not part of CI).
 
 use std::hint::black_box;
 
