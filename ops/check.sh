@@ -9,7 +9,7 @@
 #   - systemd: `systemd-analyze verify` on the unit, when systemd-analyze exists, with no
 #     warning allowed.
 # The Grafana queries and alert expressions naming exported metrics is checked by
-# broker/tests/ops_files.rs (cargo test).
+# admin/tests/ops_files.rs (cargo test).
 #
 # Tools: promtool comes with Debian's `prometheus` package (scripts/test.sh installs it); the
 # Python tools go into a venv, $AGENTWIRE_OPS_VENV or ~/.cache/agentwire-ops/venv, created

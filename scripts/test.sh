@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when missing, then runs
-# `cargo test --workspace` (extra arguments are passed through, e.g. `-p agentwire-broker`).
+# `cargo test --workspace` (extra arguments are passed through, e.g. `-p agentwire-broker`), then
+# the heavy #[ignore]d tests by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +55,16 @@ fi
 ops/check.sh
 
 # soak/tests/soak.rs runs the `agentwire` binary beside the soak binary; `cargo test --workspace`
-# builds it for the broker's own tests, this makes sure of it when only some packages are tested.
+# builds it for the CLI's own tests, this makes sure of it when only some packages are tested.
 cargo build -p agentwire-cli --bin agentwire
 
 cargo test --workspace "$@"
+
+# The heavy tests are #[ignore]d, so that a plain `cargo test` needs no sudo, network, browser or
+# minute-long run; this command installed what they need above and runs them by name (unless
+# it was given arguments, which select what `cargo test` runs).
+if [ "$#" -eq 0 ]; then
+    cargo test -p agentwire-admin --test prometheus -- --ignored
+    cargo test -p agentwire-cli --test dashboard -- --ignored
+    cargo test -p agentwire-soak --test soak -- --ignored
+fi

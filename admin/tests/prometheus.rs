@@ -127,6 +127,7 @@ fn single_value(result: &Value) -> Option<f64> {
     }
 }
 
+#[ignore = "needs the prometheus binary: run by scripts/test.sh, which installs it (cargo test -p agentwire-admin --test prometheus -- --ignored)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_broker_and_answers_with_its_figures() {
     let mut cfg = common::config(2);

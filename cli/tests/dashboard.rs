@@ -413,6 +413,7 @@ fn require_browser(script_dir: &std::path::Path) {
     );
 }
 
+#[ignore = "needs chromium and playwright-core: run by scripts/test.sh, which installs them (cargo test -p agentwire-cli --test dashboard -- --ignored)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_real_browser() {
     let script_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");

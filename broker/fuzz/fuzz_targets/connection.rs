@@ -662,7 +662,7 @@ fn check_stream(who: &str, out: &[u8], sids: Option<&HashMap<u32, Vec<Vec<u8>>>>
         };
         if used > limit {
             match frame {
-                // Known finding (broker/tests/fuzz_regressions.rs): a `$SYS.components` event
+                // Known finding (admin/tests/fuzz_regressions.rs): a `$SYS.components` event
                 // is the registration as JSON and can exceed the limit. Noted once, not fatal,
                 // so the run goes on looking for the rest.
                 Frame::Msg(m) if m.subject.starts_with(b"$SYS.components.") => {
