@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::registry::instance_json;
-use super::store::{Changes, StoreError};
+use super::store::{ChangeRequest, Changes, StoreError};
 use super::{metrics, now_ms, promote_config, rollback_config, set_config, topology};
 use crate::Node;
 
@@ -579,7 +579,15 @@ async fn config_put(
     let expected = b.expected_version;
     if let Some(r) = b.rollout {
         let (snap, record) = blocking(move || {
-            super::rollout::start(&g, &name, &env, &changes, expected, create, &by, &r)
+            let change = ChangeRequest {
+                component: &name,
+                environment: &env,
+                changes: &changes,
+                expected_version: expected,
+                create,
+                by: &by,
+            };
+            super::rollout::start(&g, &change, &r)
         })
         .await?;
         let mut v = serde_json::to_value(snap).unwrap_or_default();

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch as tokio_watch;
 
 use super::registry::ConnRef;
-use super::store::{Changes, ConfigSnapshot, RolloutRecord, RolloutState, StoreError};
+use super::store::{ChangeRequest, ConfigSnapshot, RolloutRecord, RolloutState, StoreError};
 use super::{apply_and_push, to_update, Node};
 use agentwire_broker::plane::{sys_publish, ShardCmd};
 
@@ -204,17 +204,12 @@ fn publish_state(global: &Node, r: &RolloutRecord) {
 /// [`StoreError::Invalid`] for a bad policy or change, [`StoreError::RolloutInProgress`],
 /// [`StoreError::NoCanary`] when no healthy instance is live, and the errors of
 /// [`super::store::ConfigStore::set`].
-#[allow(clippy::too_many_arguments)]
 pub fn start(
     global: &Node,
-    component: &str,
-    environment: &str,
-    changes: &Changes,
-    expected_version: Option<u64>,
-    create: bool,
-    by: &str,
+    change: &ChangeRequest<'_>,
     request: &RolloutRequest,
 ) -> Result<(ConfigSnapshot, RolloutRecord), StoreError> {
+    let (component, environment) = (change.component, change.environment);
     let policy = Policy::from_request(request)?;
     let admin = global.admin();
     let _gate = admin.rollouts.lock_free(component, environment)?;
@@ -231,17 +226,14 @@ pub fn start(
             candidates.len()
         )));
     }
-    let create = create || admin.registry.has_component(component);
-    let (snap, record) = admin.store.begin_rollout(
-        component,
-        environment,
-        changes,
-        expected_version,
-        by,
-        create,
-        &chosen,
-        &policy.to_json(),
-    )?;
+    // A component with live instances is known even if its record is still being written.
+    let change = ChangeRequest {
+        create: change.create || admin.registry.has_component(component),
+        ..*change
+    };
+    let (snap, record) = admin
+        .store
+        .begin_rollout(&change, &chosen, &policy.to_json())?;
     let mut frame = BytesMut::new();
     if let Err(e) = encode_control(&mut frame, &to_update(&snap)) {
         tracing::error!("cannot encode a CONFIG frame: {e}");

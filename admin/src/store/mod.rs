@@ -75,7 +75,7 @@ pub use components::ComponentSummary;
 pub use error::StoreError;
 pub use metrics::MetricSample;
 pub use rollouts::{RolloutRecord, RolloutState};
-pub use versions::{Changes, ConfigSnapshot, PromotedFrom, VersionInfo};
+pub use versions::{ChangeRequest, Changes, ConfigSnapshot, PromotedFrom, VersionInfo};
 
 // The store's internals, in one namespace for the submodules (`use super::...`).
 use components::require_component;

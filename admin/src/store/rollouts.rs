@@ -11,7 +11,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{
     check_by, check_change, check_name, current_snapshot, insert_version, invalid, now_ms,
-    set_in_tx, usize_limit, values_at, Changes, ConfigSnapshot, ConfigStore, Failure, StoreError,
+    set_in_tx, usize_limit, values_at, ChangeRequest, ConfigSnapshot, ConfigStore, Failure,
+    StoreError,
 };
 
 /// The table, created with the others (same `IF NOT EXISTS` style: an older database gains it
@@ -190,18 +191,20 @@ impl ConfigStore {
     /// (`baking`, canaries, policy) in one transaction. Refused with
     /// [`StoreError::RolloutInProgress`] while another rollout of this component and
     /// environment is in progress; otherwise the errors of [`ConfigStore::set`].
-    #[allow(clippy::too_many_arguments)]
     pub fn begin_rollout(
         &self,
-        component: &str,
-        environment: &str,
-        changes: &Changes,
-        expected_version: Option<u64>,
-        by: &str,
-        create: bool,
+        req: &ChangeRequest<'_>,
         canaries: &[String],
         policy: &serde_json::Value,
     ) -> Result<(ConfigSnapshot, RolloutRecord), StoreError> {
+        let ChangeRequest {
+            component,
+            environment,
+            changes,
+            expected_version,
+            create,
+            by,
+        } = *req;
         check_change(component, environment, changes, by)?;
         if canaries.is_empty() {
             return Err(invalid("canaries", "a rollout needs at least one canary"));
@@ -367,6 +370,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::Changes;
 
     fn changes(k: &str, v: &str) -> Changes {
         [(k.to_owned(), Some(v.to_owned()))].into_iter().collect()
@@ -381,12 +385,14 @@ mod tests {
         let policy = serde_json::json!({"canary": 1});
         let (snap, r) = s
             .begin_rollout(
-                "planner",
-                "default",
-                &changes("depth", "2"),
-                None,
-                "alice",
-                false,
+                &ChangeRequest {
+                    component: "planner",
+                    environment: "default",
+                    changes: &changes("depth", "2"),
+                    expected_version: None,
+                    create: false,
+                    by: "alice",
+                },
                 &["p-0".into()],
                 &policy,
             )
@@ -396,12 +402,14 @@ mod tests {
         assert_eq!(r.canaries, vec!["p-0".to_owned()]);
         let e = s
             .begin_rollout(
-                "planner",
-                "default",
-                &changes("depth", "3"),
-                None,
-                "bob",
-                false,
+                &ChangeRequest {
+                    component: "planner",
+                    environment: "default",
+                    changes: &changes("depth", "3"),
+                    expected_version: None,
+                    create: false,
+                    by: "bob",
+                },
                 &["p-1".into()],
                 &policy,
             )
@@ -409,12 +417,14 @@ mod tests {
         assert!(matches!(e, StoreError::RolloutInProgress { id, .. } if id == r.id));
         // Another environment is independent.
         s.begin_rollout(
-            "planner",
-            "prod",
-            &changes("depth", "3"),
-            None,
-            "bob",
-            false,
+            &ChangeRequest {
+                component: "planner",
+                environment: "prod",
+                changes: &changes("depth", "3"),
+                expected_version: None,
+                create: false,
+                by: "bob",
+            },
             &["p-1".into()],
             &policy,
         )
@@ -459,12 +469,14 @@ mod tests {
         s.ensure_component("planner", "t").unwrap();
         let (_, r) = s
             .begin_rollout(
-                "planner",
-                "default",
-                &changes("error_rate", "1.0"),
-                None,
-                "t",
-                false,
+                &ChangeRequest {
+                    component: "planner",
+                    environment: "default",
+                    changes: &changes("error_rate", "1.0"),
+                    expected_version: None,
+                    create: false,
+                    by: "t",
+                },
                 &["p-0".into()],
                 &serde_json::json!({}),
             )

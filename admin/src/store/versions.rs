@@ -75,6 +75,24 @@ impl VersionInfo {
 /// One change: `Some(value)` sets a key, `None` deletes it.
 pub type Changes = BTreeMap<String, Option<String>>;
 
+/// One config change as asked for: which component and environment, what changes, guarded by
+/// which version, whether an unknown component is declared, and who asks.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRequest<'a> {
+    /// The component.
+    pub component: &'a str,
+    /// The environment.
+    pub environment: &'a str,
+    /// Keys to set (`Some`) or delete (`None`).
+    pub changes: &'a Changes,
+    /// Refused (409) unless the current version is this one.
+    pub expected_version: Option<u64>,
+    /// Declares the component when it is unknown (in the same transaction).
+    pub create: bool,
+    /// Who asks (recorded with the version).
+    pub by: &'a str,
+}
+
 /// Header of a stored version.
 pub(super) struct Header {
     pub(super) version: u64,
