@@ -1,4 +1,4 @@
-//! Regression tests for what the `connection` fuzz target (`broker/fuzz/`) found, each a
+//! Regression tests for what the `connection` fuzz target (`admin/fuzz/`) found, each a
 //! minimized plan replayed over an attached socket pair.
 //!
 //! - A `$SYS.components.*` event is the registration as JSON, so it can be larger than the
