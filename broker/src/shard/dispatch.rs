@@ -366,3 +366,6 @@ fn unsubscribe(shard: &Shard, conn: &Rc<Conn>, u: UnsubFrame) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
