@@ -21,7 +21,7 @@ pub(crate) struct AdminTarget {
     admin: String,
     /// Print the API's JSON instead of text.
     #[arg(long)]
-    pub(crate) json: bool,
+    pub(super) json: bool,
     /// Bearer token for an admin API with `[[admin.tokens]]`.
     #[arg(long, env = "AGENTWIRE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -77,9 +77,9 @@ pub(crate) fn tls_client_config(
 }
 
 /// A failed call, already worded for the user.
-pub(crate) struct Failure(pub(crate) String);
+pub(super) struct Failure(pub(super) String);
 
-pub(crate) fn call(
+pub(super) fn call(
     method: &str,
     t: &AdminTarget,
     path: &str,
@@ -112,7 +112,7 @@ pub(crate) fn call(
     }
 }
 
-pub(crate) fn finish(r: Result<(), Failure>) -> ExitCode {
+pub(super) fn finish(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(m)) => {
@@ -129,7 +129,7 @@ pub(super) fn env_query(environment: Option<&str>, sep: char) -> String {
 
 /// Percent-encodes a path segment (names are `[A-Za-z0-9_-]`; anything else is escaped so a
 /// bad name reaches the API and gets its error).
-pub(crate) fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {

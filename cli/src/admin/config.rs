@@ -59,12 +59,12 @@ enum ConfigCmd {
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
         #[command(flatten)]
-        stage: crate::rollout::StageFlags,
+        stage: super::rollout::StageFlags,
         #[command(flatten)]
         t: AdminTarget,
     },
     /// Staged rollouts: status, promote, abort.
-    Rollout(crate::rollout::RolloutArgs),
+    Rollout(super::rollout::RolloutArgs),
     /// List versions, newest first.
     History {
         /// Component name.
@@ -203,7 +203,7 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 body["expected_version"] = Value::from(e);
             }
             if stage.canary.is_some() {
-                return crate::rollout::set_staged(&t, &component, body, &stage);
+                return super::rollout::set_staged(&t, &component, body, &stage);
             }
             write_config(
                 &t,
@@ -212,7 +212,7 @@ pub(crate) fn config(a: ConfigArgs) -> ExitCode {
                 body,
             )
         }
-        ConfigCmd::Rollout(r) => crate::rollout::run(r),
+        ConfigCmd::Rollout(r) => super::rollout::run(r),
         ConfigCmd::History {
             component,
             environment,

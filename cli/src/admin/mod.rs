@@ -4,19 +4,19 @@
 //! `--json`, as the API's JSON.
 //!
 //! [`api`] holds the HTTP plumbing (target, auth, TLS, the call and its failure), [`output`]
-//! the text forms, and the commands are in [`status`], [`control`] and [`config`] (its staged
-//! rollouts in [`crate::rollout`]).
+//! the text forms, and the commands are in [`status`], [`control`], [`config`] and
+//! [`rollout`].
 
 mod api;
 mod config;
 mod control;
 mod output;
+mod rollout;
 mod status;
 
-pub(crate) use api::{call, enc, finish, AdminTarget, Failure, DEFAULT_ADMIN};
+pub(crate) use api::{AdminTarget, DEFAULT_ADMIN};
 pub(crate) use config::{config, ConfigArgs};
 pub(crate) use control::{drain, optimize, reload};
-pub(crate) use output::{join_strs, print_json};
 pub(crate) use status::{
     alerts, components, dashboard, deployment, status, top, AlertsArgs, ComponentsArgs, TopArgs,
 };

@@ -4,12 +4,12 @@
 
 use serde_json::Value;
 
-pub(crate) fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// The strings in the JSON array `v`, joined with `sep` (empty when `v` is not an array).
-pub(crate) fn join_strs(v: &Value, sep: &str) -> String {
+pub(super) fn join_strs(v: &Value, sep: &str) -> String {
     v.as_array()
         .map(|a| {
             a.iter()
