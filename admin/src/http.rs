@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::auth::{same_secret, TokenName};
 use super::registry::instance_json;
 use super::store::{ChangeRequest, Changes, StoreError};
 use super::{metrics, now_ms, promote_config, rollback_config, set_config, topology};
@@ -146,17 +147,8 @@ pub fn router(global: Arc<Node>) -> Router {
         .with_state(global)
 }
 
-/// Equal-time comparison of two secrets (no early exit on the first differing byte).
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Bearer-token check when tokens are configured: `/healthz`, `/readyz` and `/metrics` stay open;
 /// no or an unknown token → 401; a `viewer` token on anything but GET/HEAD → 403.
-/// The admin token a request was authorized with (its `name`), for `updated_by`.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenName(pub(crate) String);
-
 async fn authorize(State(g): State<AppState>, mut req: Request, next: Next) -> Response {
     let tokens = &g.config().admin.tokens;
     let path = req.uri().path();

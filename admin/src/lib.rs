@@ -19,6 +19,7 @@
 //! ```
 
 pub mod alerts;
+mod auth;
 pub mod control;
 pub mod dashboard;
 pub mod http;

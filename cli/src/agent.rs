@@ -82,7 +82,7 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
     /// Stop after this long (e.g. 60, 30s, 5m); default: until Ctrl-C.
-    #[arg(long, value_parser = super::serve::parse_duration_s)]
+    #[arg(long, value_parser = crate::duration::parse_duration_s)]
     duration: Option<u64>,
     /// Deadline of each generated request, ms.
     #[arg(long, default_value_t = 2000)]

@@ -9,8 +9,8 @@
 mod admin;
 mod agent;
 mod backup;
+mod duration;
 mod keys;
-mod rollout;
 mod serve;
 mod tools;
 

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use agentwire_broker::config::Config;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::duration::parse_duration_s;
 
 /// Flags of `serve`. Each overrides the config file.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,22 +75,6 @@ pub(crate) struct ServeArgs {
     /// one are refused. Needs TLS (--tls-cert/--tls-key or `[tls]` in the config file).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
-}
-
-/// Parses `30d`, `12h`, `15m`, `3600s` or a bare number of seconds.
-pub(super) fn parse_duration_s(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'd')) => (&s[..i], 86_400),
-        Some((i, 'h')) => (&s[..i], 3_600),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 's')) => (&s[..i], 1),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(|n| n.saturating_mul(mult))
-        .ok_or_else(|| format!("invalid duration {s:?} (e.g. 30d, 12h, 15m, 3600s)"))
 }
 
 fn build_config(a: &ServeArgs) -> Result<Config, String> {

@@ -206,7 +206,7 @@ fn env_or_default(g: &AppState, e: &str) -> String {
     }
 }
 
-fn who(name: Option<Extension<super::super::http::TokenName>>) -> String {
+fn who(name: Option<Extension<crate::auth::TokenName>>) -> String {
     name.map_or_else(|| "dashboard".to_owned(), |Extension(t)| t.0)
 }
 
@@ -214,7 +214,7 @@ fn who(name: Option<Extension<super::super::http::TokenName>>) -> String {
 pub(crate) async fn create(
     State(g): State<AppState>,
     role: Option<Extension<AdminRole>>,
-    name: Option<Extension<super::super::http::TokenName>>,
+    name: Option<Extension<crate::auth::TokenName>>,
     form: Result<Form<CreateForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let access = Access::of(role);
@@ -490,7 +490,7 @@ pub(crate) async fn edit(
     State(g): State<AppState>,
     Path(name): Path<String>,
     role: Option<Extension<AdminRole>>,
-    token: Option<Extension<super::super::http::TokenName>>,
+    token: Option<Extension<crate::auth::TokenName>>,
     form: Result<Form<EditForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let access = Access::of(role);
@@ -559,7 +559,7 @@ pub(crate) async fn rollback(
     State(g): State<AppState>,
     Path(name): Path<String>,
     role: Option<Extension<AdminRole>>,
-    token: Option<Extension<super::super::http::TokenName>>,
+    token: Option<Extension<crate::auth::TokenName>>,
     form: Result<Form<RollbackForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let access = Access::of(role);

@@ -452,7 +452,7 @@ async fn login(
     let presented = f.token.trim();
     let known = tokens
         .iter()
-        .any(|t| super::http::same_secret(t.token.as_bytes(), presented.as_bytes()));
+        .any(|t| super::auth::same_secret(t.token.as_bytes(), presented.as_bytes()));
     if !known {
         return respond(
             StatusCode::UNAUTHORIZED,

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::admin::{call, enc, finish, join_strs, print_json, AdminTarget, Failure};
-use super::EXIT_FAILURE;
+use super::api::{call, enc, finish, AdminTarget, Failure};
+use super::output::{join_strs, print_json};
+use crate::EXIT_FAILURE;
 
 /// The staging flags of `agentwire config set`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,7 +20,7 @@ pub(crate) struct StageFlags {
     #[arg(long)]
     pub(super) canary: Option<String>,
     /// Bake time with --canary: how long the canaries must stay healthy (e.g. 10, 30s, 5m).
-    #[arg(long, requires = "canary", default_value = "30", value_parser = super::serve::parse_duration_s)]
+    #[arg(long, requires = "canary", default_value = "30", value_parser = crate::duration::parse_duration_s)]
     bake: u64,
     /// With --canary: on a failed check, stop as `failed` and wait for promote or abort.
     #[arg(long, requires = "canary")]

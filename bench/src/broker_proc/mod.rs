@@ -4,21 +4,28 @@
 //! binary next to this executable, or `--broker-bin`) with its admin API on another free port
 //! (`--admin`), a fresh temporary `--data-dir` and, when asked, a queue-group `--routing`
 //! policy; waits until the port accepts, and stops it by PID afterwards (SIGTERM, then SIGKILL
-//! after [`STOP_GRACE`]). A fresh process per run makes its peak RSS (`VmHWM`) a per-run
+//! after [`process::STOP_GRACE`]). A fresh process per run makes its peak RSS (`VmHWM`) a per-run
 //! figure. `--server ADDR` targets a running broker instead (and `--admin ADDR` its admin API);
 //! nothing is started or sampled then.
 //!
 //! Sampling reads `/proc/PID/stat` (utime + stime, in clock ticks) and `/proc/PID/status`
 //! (`VmHWM`, `VmRSS`), the same sources the NATS and Zenoh peer references used, plus this
 //! process's own CPU time and the host's idle and steal shares from `/proc/stat`.
+//!
+//! This module holds the targets ([`BrokerTarget`], [`Routing`], [`Broker`]) and how an
+//! `agentwire serve` is started for a run; [`process`] the child process itself (spawn, wait
+//! until it accepts, stop by PID); [`sampling`] the `/proc` readings and measured windows.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod process;
+mod sampling;
+
+pub use process::{free_port, raise_nofile_limit, BrokerProcess};
+pub use sampling::{Window, WindowUsage};
 
 /// The token of the one user of a broker started with `--auth`.
 pub const BENCH_TOKEN: &str = "agentwire-bench-token";
@@ -33,10 +40,6 @@ fn users_toml() -> String {
     )
 }
 
-/// How long a started broker has to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long SIGTERM has before SIGKILL. The broker's own shutdown grace is 5 s by default.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many free ports are tried when a started broker exits at once (port taken meanwhile).
 const START_ATTEMPTS: u32 = 3;
 
@@ -338,26 +341,6 @@ impl Broker {
     }
 }
 
-/// A started server child process: `agentwire serve`, or a peer broker in `compare`.
-#[derive(Debug)]
-pub struct BrokerProcess {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
-    /// What it is called in messages ("broker", "nats-server", ...).
-    name: String,
-    /// Whether a non-success exit status after SIGTERM is an error.
-    strict_exit: bool,
-    /// Whether `stop` ran (otherwise `Drop` kills the process).
-    stopped: bool,
-    /// The started broker's admin API address (agentwire only).
-    pub admin_addr: Option<SocketAddr>,
-    /// The started broker's data directory, removed when the process is dropped.
-    data_dir: Option<PathBuf>,
-    /// With TLS: the CA certificate (PEM) of the broker's certificate, in the data directory.
-    pub tls_ca: Option<PathBuf>,
-}
-
 impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts.
     fn start(
@@ -409,141 +392,6 @@ impl BrokerProcess {
         p.tls_ca = tls_ca;
         Ok(p)
     }
-
-    /// Starts `cmd` (a server that will listen on `addr`, a loopback address) with its stderr
-    /// in a log file under the temp dir, and waits until `addr` accepts. `name` names it in
-    /// messages; with `strict_exit` an exit status other than success after SIGTERM is an
-    /// error (peer servers that die of the signal are fine without it). This is how `compare`
-    /// runs the peer brokers too, so they are sampled and stopped the same way.
-    ///
-    /// # Errors
-    /// When the process cannot be started, exits, or does not accept within the start timeout.
-    pub fn spawn(
-        mut cmd: Command,
-        addr: SocketAddr,
-        name: &str,
-        strict_exit: bool,
-    ) -> Result<BrokerProcess> {
-        let log_path = std::env::temp_dir().join(format!(
-            "agentwire-bench-{}-{}-{}.log",
-            name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            std::process::id(),
-            addr.port()
-        ));
-        let log = File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
-        let mut p = BrokerProcess {
-            child,
-            addr,
-            log_path,
-            name: name.to_owned(),
-            strict_exit,
-            stopped: false,
-            admin_addr: None,
-            data_dir: None,
-            tls_ca: None,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = p.child.try_wait()? {
-                p.stopped = true;
-                bail!(
-                    "{name} exited at start ({status}); its log: {}",
-                    p.log_tail()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(p);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{name} did not accept on {addr} within {START_TIMEOUT:?}; its log: {}",
-                    p.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// CPU time and memory now.
-    ///
-    /// # Errors
-    /// When `/proc/PID` cannot be read (the process is gone).
-    pub fn sample(&self) -> Result<ProcSample> {
-        ProcSample::read(&format!("/proc/{}", self.pid()))
-    }
-
-    /// The last lines of the broker's stderr.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
-        if tail.is_empty() {
-            "(empty)".to_owned()
-        } else {
-            tail
-        }
-    }
-
-    /// SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL.
-    ///
-    /// # Errors
-    /// When it had to be killed, or (with `strict_exit`) its exit status says it failed.
-    pub fn stop(mut self) -> Result<()> {
-        let name = std::mem::take(&mut self.name);
-        self.stopped = true;
-        let pid = rustix::process::Pid::from_child(&self.child);
-        if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
-            // Already gone: collect the status below.
-            if self.child.try_wait()?.is_none() {
-                return Err(anyhow!("cannot signal {name} pid {pid:?}: {e}"));
-            }
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if status.success() || !self.strict_exit {
-                    let _ = std::fs::remove_file(&self.log_path);
-                    return Ok(());
-                }
-                bail!("{name} exited with {status}; its log: {}", self.log_tail());
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "{name} did not stop within {STOP_GRACE:?} of SIGTERM and was killed; its \
-                     log ({}): {}",
-                    self.log_path.display(),
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if let Some(d) = self.data_dir.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 /// Writes a CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost signed by it
@@ -575,199 +423,9 @@ pub fn write_certificates(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A loopback address with a port that was free a moment ago.
-///
-/// # Errors
-/// When no port can be bound.
-pub fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-/// One reading of a process's CPU time and memory.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcSample {
-    /// utime + stime, seconds.
-    pub cpu_s: f64,
-    /// Peak resident set (`VmHWM`), KiB.
-    pub hwm_kib: u64,
-    /// Resident set now (`VmRSS`), KiB.
-    pub rss_kib: u64,
-}
-
-impl ProcSample {
-    /// Reads `{dir}/stat` and `{dir}/status` (`dir` is `/proc/PID` or `/proc/self`).
-    ///
-    /// # Errors
-    /// When either file cannot be read or parsed.
-    pub fn read(dir: &str) -> Result<ProcSample> {
-        let stat = std::fs::read_to_string(format!("{dir}/stat"))
-            .with_context(|| format!("cannot read {dir}/stat"))?;
-        let status = std::fs::read_to_string(format!("{dir}/status"))
-            .with_context(|| format!("cannot read {dir}/status"))?;
-        Ok(ProcSample {
-            cpu_s: parse_stat_cpu(&stat)
-                .ok_or_else(|| anyhow!("unexpected format of {dir}/stat"))?,
-            hwm_kib: parse_status_kib(&status, "VmHWM:").unwrap_or(0),
-            rss_kib: parse_status_kib(&status, "VmRSS:").unwrap_or(0),
-        })
-    }
-}
-
-/// utime + stime in seconds from the text of `/proc/PID/stat`. The command name (field 2) may
-/// hold spaces and parentheses, so fields are counted after the last `)`.
-fn parse_stat_cpu(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')': field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
-    let mut f = rest.split_whitespace().skip(11);
-    let utime: u64 = f.next()?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some((utime + stime) as f64 / hz as f64)
-}
-
-/// A `kB` value of `/proc/PID/status`.
-fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Host CPU time from the first line of `/proc/stat`, in ticks.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HostCpu {
-    total: u64,
-    idle: u64,
-    steal: u64,
-}
-
-impl HostCpu {
-    /// Reads `/proc/stat` (zeros if it cannot be read: the shares are then reported as 0).
-    pub fn read() -> HostCpu {
-        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let mut h = HostCpu::default();
-        if let Some(line) = text.lines().next() {
-            // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
-            for (i, v) in line.split_whitespace().skip(1).take(8).enumerate() {
-                let v: u64 = v.parse().unwrap_or(0);
-                h.total += v;
-                if i == 3 || i == 4 {
-                    h.idle += v;
-                }
-                if i == 7 {
-                    h.steal += v;
-                }
-            }
-        }
-        h
-    }
-}
-
-/// Resource readings at the start of a measured window; [`Window::end`] gives the deltas.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    broker: Option<ProcSample>,
-    own_cpu_s: f64,
-    host: HostCpu,
-}
-
-/// What a measured window cost.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WindowUsage {
-    /// Broker CPU seconds (utime + stime) over the window; `None` for an external broker.
-    pub broker_cpu_s: Option<f64>,
-    /// This process's CPU seconds (all load-generating clients) over the window.
-    pub client_cpu_s: f64,
-    /// Share of host CPU time idle over the window, percent.
-    pub host_idle_pct: f64,
-    /// Share of host CPU time stolen by the hypervisor over the window, percent.
-    pub host_steal_pct: f64,
-}
-
-impl Window {
-    /// Takes the start readings.
-    pub fn begin(broker: Option<&BrokerProcess>) -> Window {
-        Window {
-            broker: broker.and_then(|b| b.sample().ok()),
-            own_cpu_s: own_cpu_s(),
-            host: HostCpu::read(),
-        }
-    }
-
-    /// Takes the end readings and returns the deltas.
-    pub fn end(&self, broker: Option<&BrokerProcess>) -> WindowUsage {
-        let after = broker.and_then(|b| b.sample().ok());
-        let host = HostCpu::read();
-        let dt = host.total.saturating_sub(self.host.total);
-        let pct = |a: u64, b: u64| {
-            if dt == 0 {
-                0.0
-            } else {
-                100.0 * b.saturating_sub(a) as f64 / dt as f64
-            }
-        };
-        WindowUsage {
-            broker_cpu_s: match (self.broker, after) {
-                (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s).max(0.0)),
-                _ => None,
-            },
-            client_cpu_s: (own_cpu_s() - self.own_cpu_s).max(0.0),
-            host_idle_pct: pct(self.host.idle, host.idle),
-            host_steal_pct: pct(self.host.steal, host.steal),
-        }
-    }
-}
-
-/// This process's CPU seconds so far.
-fn own_cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_stat_cpu(&s))
-        .unwrap_or(0.0)
-}
-
-/// Raises this process's soft open-file limit to its hard limit (children such as the broker
-/// inherit it). Returns the soft limit now in force.
-///
-/// # Errors
-/// When the limit cannot be set.
-pub fn raise_nofile_limit() -> Result<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    if lim.current == lim.maximum {
-        return Ok(lim.current.unwrap_or(u64::MAX));
-    }
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: lim.maximum,
-            maximum: lim.maximum,
-        },
-    )
-    .context("cannot raise RLIMIT_NOFILE")?;
-    Ok(lim.maximum.unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_with_spaces_in_name() {
-        let s = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
-        let hz = rustix::param::clock_ticks_per_second() as f64;
-        assert_eq!(parse_stat_cpu(s), Some(300.0 / hz));
-    }
-
-    #[test]
-    fn status_fields() {
-        let s = "Name:\tagentwire\nVmHWM:\t   13600 kB\nVmRSS:\t    9000 kB\n";
-        assert_eq!(parse_status_kib(s, "VmHWM:"), Some(13600));
-        assert_eq!(parse_status_kib(s, "VmRSS:"), Some(9000));
-        assert_eq!(parse_status_kib(s, "VmSwap:"), None);
-    }
 
     #[test]
     fn routing_and_admin_go_with_the_right_target() {
@@ -849,12 +507,5 @@ mod tests {
         let both = rr.with_auth(true).expect("a started broker takes --auth");
         assert!(both.describe().ends_with(", TLS, auth + permissions"));
         assert!(ext_auth_refused());
-    }
-
-    #[test]
-    fn own_process_sample() {
-        let s = ProcSample::read("/proc/self").expect("/proc/self is readable");
-        assert!(s.rss_kib > 0);
-        assert!(s.hwm_kib >= s.rss_kib);
     }
 }
