@@ -63,8 +63,7 @@ cargo test --workspace "$@"
 # The heavy tests are #[ignore]d, so that a plain `cargo test` needs no sudo, network, browser or
 # minute-long run; this command installed what they need above and runs them by name (unless
 # it was given arguments, which select what `cargo test` runs).
+# `--workspace` keeps the feature resolution of the run above, so nothing is rebuilt.
 if [ "$#" -eq 0 ]; then
-    cargo test -p agentwire-admin --test prometheus -- --ignored
-    cargo test -p agentwire-cli --test dashboard -- --ignored
-    cargo test -p agentwire-soak --test soak -- --ignored
+    cargo test --workspace --test prometheus --test dashboard --test soak -- --ignored
 fi
